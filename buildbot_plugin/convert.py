@@ -1,0 +1,482 @@
+"""Pure conversion of Buildbot message-queue payloads into firehose event data.
+
+Nothing here does I/O or keeps state between calls: :mod:`buildbot_plugin.tracker` holds the
+caches and decides *when* to emit; these functions decide *what* an event says.  That split keeps
+the field mapping easy to test without a master.
+
+Buildbot payloads are awkward in a few ways that every function here absorbs:
+
+* times are ``datetime`` under the simple mq, ints under wamp, and sometimes already epoch ints;
+* properties are ``(value, source)`` tuples (lists under wamp);
+* some payloads are dataclasses (``buildrequests/*/cancel`` carries a ``BuildRequestModel``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from firehose.event import RESULT_NAMES
+
+#: Property names matching any of these (case-insensitive regular expressions, searched
+#: anywhere in the name) have their value replaced by :data:`REDACTED`.
+DEFAULT_DENY_PATTERNS: tuple[str, ...] = ("password", "passwd", "token", "secret", "key", "credential")
+
+#: What a redacted value is replaced with.
+REDACTED = "<redacted>"
+
+#: A header line of a stdio log that starts the worker's environment dump.
+_ENV_START = " environment:"
+#: Environment dump lines: two spaces then ``NAME=``.
+_ENV_LINE = re.compile(r"^  [^\s=]+=")
+
+
+def get(payload: Any, name: str, default: Any = None) -> Any:
+    """Read ``name`` from a dict payload or a dataclass/model payload alike."""
+    if isinstance(payload, Mapping):
+        return payload.get(name, default)
+    return getattr(payload, name, default)
+
+
+def epoch(value: Any) -> float | int | None:
+    """Turn a Buildbot time (``datetime``, epoch number or ``None``) into epoch seconds."""
+    if value is None:
+        return None
+    if isinstance(value, datetime.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=datetime.timezone.utc)
+        ts = value.timestamp()
+        return int(ts) if ts == int(ts) else ts
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return value
+    return None
+
+
+def plain(value: Any) -> Any:
+    """Make a value JSON-safe: datetimes to epoch, tuples to lists, dataclasses to dicts.
+
+    Buildbot's own ``toJson`` silently maps unknown types to ``None``; this keeps them as
+    strings instead, so nothing vanishes without a trace.
+    """
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, datetime.datetime):
+        return epoch(value)
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [plain(v) for v in value]
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    return str(value)
+
+
+def result_fields(code: Any) -> dict[str, Any]:
+    """``results`` (Buildbot's int code) and ``result`` (its name) for an entity.
+
+    An unfinished entity (``None``, or ``-1`` for a build request) has both ``None``.
+    """
+    if isinstance(code, bool) or not isinstance(code, int) or code < 0:
+        return {"results": None, "result": None}
+    return {"results": code, "result": RESULT_NAMES.get(code, str(code))}
+
+
+def duration(started: Any, complete: Any) -> float | int | None:
+    """Seconds between two Buildbot times, or ``None`` while unfinished."""
+    s, c = epoch(started), epoch(complete)
+    if s is None or c is None:
+        return None
+    return c - s
+
+
+class Redactor:
+    """Decides which property values and which substrings must never leave the master.
+
+    :param deny_patterns: case-insensitive regular expressions; a property whose *name* matches
+        one (searched anywhere) is sent as :data:`REDACTED`.
+    :param secret_values: known secret values; any occurrence inside any string sent is
+        replaced by ``<secret>``.
+    """
+
+    def __init__(
+        self,
+        deny_patterns: Sequence[str] = DEFAULT_DENY_PATTERNS,
+        secret_values: Iterable[str] = (),
+    ) -> None:
+        self.deny_patterns = tuple(deny_patterns)
+        self._deny = (
+            re.compile("|".join(f"(?:{p})" for p in self.deny_patterns), re.IGNORECASE)
+            if self.deny_patterns
+            else None
+        )
+        self._secrets: set[str] = set()
+        self._secret_re: re.Pattern[str] | None = None
+        self.add_secrets(secret_values)
+
+    @property
+    def has_secrets(self) -> bool:
+        """Whether any secret value is known (scrubbing is skipped entirely otherwise)."""
+        return self._secret_re is not None
+
+    def add_secrets(self, values: Iterable[str]) -> bool:
+        """Learn secret values to scrub; returns whether anything new was learnt.
+
+        Values shorter than 4 characters are ignored: scrubbing them would mangle ordinary text
+        and they are not worth protecting this way.
+        """
+        new = {v for v in values if isinstance(v, str) and len(v.strip()) >= 4} - self._secrets
+        if not new:
+            return False
+        self._secrets |= new
+        ordered = sorted(self._secrets, key=len, reverse=True)
+        self._secret_re = re.compile("|".join(re.escape(s) for s in ordered))
+        return True
+
+    def denied(self, name: str) -> bool:
+        """Whether a property of this name is redacted."""
+        return bool(self._deny and self._deny.search(name))
+
+    def scrub(self, text: str) -> str:
+        """Replace every known secret value inside ``text``."""
+        if self._secret_re is None or not text:
+            return text
+        return self._secret_re.sub("<secret>", text)
+
+    def scrub_all(self, value: Any) -> Any:
+        """Scrub secret values from every string inside a JSON-like value."""
+        if self._secret_re is None:
+            return value
+        if isinstance(value, str):
+            return self.scrub(value)
+        if isinstance(value, dict):
+            return {self.scrub(k): self.scrub_all(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.scrub_all(v) for v in value]
+        return value
+
+    def properties(self, props: Mapping[str, Any] | None) -> dict[str, Any]:
+        """``{name: value}`` from Buildbot properties, denied names redacted.
+
+        Accepts both ``{name: (value, source)}`` (Buildbot's form) and ``{name: value}``.
+        """
+        out: dict[str, Any] = {}
+        for name, raw in (props or {}).items():
+            value = prop_value(raw)
+            out[name] = REDACTED if self.denied(name) else plain(value)
+        return out
+
+
+def prop_value(raw: Any) -> Any:
+    """The value of a Buildbot property entry, which is ``(value, source)`` or a bare value."""
+    if isinstance(raw, tuple | list) and len(raw) == 2 and isinstance(raw[1], str):
+        return raw[0]
+    return raw
+
+
+def sourcestamp(ss: Any) -> dict[str, Any]:
+    """The filterable identity of a source stamp."""
+    out = {}
+    for field in ("repository", "branch", "revision", "project", "codebase"):
+        v = get(ss, field)
+        out[field] = v if isinstance(v, str) else None
+    ssid = get(ss, "ssid")
+    if isinstance(ssid, int):
+        out["ssid"] = ssid
+    return out
+
+
+def sourcestamps(stamps: Iterable[Any] | None) -> list[dict[str, Any]]:
+    """Convert a list of source stamps (``[]`` for ``None``)."""
+    return [sourcestamp(ss) for ss in stamps or ()]
+
+
+def top_source(stamps: Sequence[Mapping[str, Any]], properties: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The top-level ``branch``/``revision``/``project``/``repository`` subscribers filter on.
+
+    Taken from the first source stamp (the build's main codebase); build properties win where
+    set, because a source step may record the actual ``got_revision`` and a scheduler may set
+    ``branch``.  Empty strings become ``None``: "no branch" is not the branch "".
+    """
+    props = properties or {}
+    first = stamps[0] if stamps else {}
+    out: dict[str, Any] = {}
+    for field in ("branch", "project", "repository", "revision"):
+        v = props.get(field)
+        if not isinstance(v, str) or not v or v == REDACTED:
+            v = first.get(field)
+        out[field] = v if isinstance(v, str) and v else None
+    got = props.get("got_revision")
+    if isinstance(got, str) and got and got != REDACTED:
+        out["revision"] = got
+    return out
+
+
+def build_url(base: str | None, builderid: Any, number: Any) -> str | None:
+    """The build's page in the master's web UI, or ``None`` without a ``buildbotURL``."""
+    if not base or not isinstance(builderid, int) or not isinstance(number, int):
+        return None
+    if not base.endswith("/"):
+        base += "/"
+    return f"{base}#/builders/{builderid}/builds/{number}"
+
+
+def build_data(
+    build: Any,
+    *,
+    builder: str,
+    tags: Sequence[str] = (),
+    worker: str | None = None,
+    properties: Mapping[str, Any] | None = None,
+    stamps: Sequence[Mapping[str, Any]] = (),
+    buildsetid: int | None = None,
+    url: str | None = None,
+) -> dict[str, Any]:
+    """Data of a ``build.*`` event.
+
+    :param build: the Buildbot build payload (``builds/<id>/*``).
+    :param builder: the builder's name (the payload only has its id).
+    :param properties: the build's properties, already redacted (``{name: value}``).
+    :param stamps: converted source stamps of the build's buildset.
+    """
+    props = dict(properties or {})
+    started, complete = get(build, "started_at"), get(build, "complete_at")
+    data: dict[str, Any] = {
+        "buildid": get(build, "buildid"),
+        "number": get(build, "number"),
+        "builder": builder,
+        "builderid": get(build, "builderid"),
+        "tags": list(tags),
+        "buildrequestid": get(build, "buildrequestid"),
+        "buildsetid": buildsetid,
+        "workerid": get(build, "workerid"),
+        "worker": worker,
+        "masterid": get(build, "masterid"),
+        "state": get(build, "state_string"),
+        "complete": bool(get(build, "complete")),
+        "started_at": epoch(started),
+        "complete_at": epoch(complete),
+        "duration": duration(started, complete),
+        **result_fields(get(build, "results")),
+        "properties": props,
+        "sourcestamps": list(stamps),
+        **top_source(stamps, props),
+        "url": url,
+    }
+    return data
+
+
+def step_data(step: Any, *, build: Mapping[str, Any]) -> dict[str, Any]:
+    """Data of a ``step.*`` event.
+
+    :param step: the Buildbot step payload.
+    :param build: the converted data of the step's build (identity and filter fields are
+        copied, so ``builder=X`` or ``branch=Y`` filters see the build's steps too).
+    """
+    started, complete = get(step, "started_at"), get(step, "complete_at")
+    urls = [
+        {"name": str(get(u, "name") or get(u, "url")), "url": str(get(u, "url"))}
+        for u in get(step, "urls") or ()
+        if get(u, "url")
+    ]
+    return {
+        "stepid": get(step, "stepid"),
+        "buildid": get(step, "buildid"),
+        "build_number": build.get("number"),
+        "builder": build["builder"],
+        "builderid": build.get("builderid"),
+        "worker": build.get("worker"),
+        "branch": build.get("branch"),
+        "revision": build.get("revision"),
+        "project": build.get("project"),
+        "repository": build.get("repository"),
+        "name": get(step, "name"),
+        "number": get(step, "number"),
+        "state": get(step, "state_string"),
+        "hidden": bool(get(step, "hidden")),
+        "started_at": epoch(started),
+        "complete_at": epoch(complete),
+        "duration": duration(started, complete),
+        **result_fields(get(step, "results")),
+        "urls": urls,
+        "build_url": build.get("url"),
+    }
+
+
+def request_data(
+    request: Any,
+    *,
+    builder: str,
+    buildset: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Data of a ``request.*`` event.
+
+    :param buildset: converted data of the request's buildset (reason, source stamps), when known.
+    """
+    bs = buildset or {}
+    stamps = list(bs.get("sourcestamps") or ())
+    return {
+        "buildrequestid": get(request, "buildrequestid"),
+        "buildsetid": get(request, "buildsetid"),
+        "builder": builder,
+        "builderid": get(request, "builderid"),
+        "priority": get(request, "priority"),
+        "reason": bs.get("reason"),
+        "scheduler": bs.get("scheduler"),
+        "claimed": bool(get(request, "claimed")),
+        "claimed_by_masterid": get(request, "claimed_by_masterid"),
+        "complete": bool(get(request, "complete")),
+        "submitted_at": epoch(get(request, "submitted_at")),
+        "claimed_at": epoch(get(request, "claimed_at")),
+        "complete_at": epoch(get(request, "complete_at")),
+        **result_fields(get(request, "results")),
+        "sourcestamps": stamps,
+        **top_source(stamps),
+    }
+
+
+def buildset_data(buildset: Any, *, builders: Sequence[str] = ()) -> dict[str, Any]:
+    """Data of a ``buildset.*`` event (``buildsets/<id>/new`` carries its source stamps)."""
+    stamps = sourcestamps(get(buildset, "sourcestamps"))
+    return {
+        "buildsetid": get(buildset, "bsid"),
+        "reason": get(buildset, "reason"),
+        "scheduler": get(buildset, "scheduler"),
+        "external_idstring": get(buildset, "external_idstring"),
+        "parent_buildid": get(buildset, "parent_buildid"),
+        "builders": list(builders),
+        "submitted_at": epoch(get(buildset, "submitted_at")),
+        "complete": bool(get(buildset, "complete")),
+        "complete_at": epoch(get(buildset, "complete_at")),
+        **result_fields(get(buildset, "results")),
+        "sourcestamps": stamps,
+        **top_source(stamps),
+    }
+
+
+def change_data(change: Any, redactor: Redactor) -> dict[str, Any]:
+    """Data of a ``change.new`` event."""
+    files = [str(f) for f in get(change, "files") or ()]
+    return {
+        "changeid": get(change, "changeid"),
+        "author": get(change, "author"),
+        "committer": get(change, "committer"),
+        "branch": get(change, "branch") or None,
+        "revision": get(change, "revision") or None,
+        "repository": get(change, "repository") or None,
+        "project": get(change, "project") or None,
+        "codebase": get(change, "codebase"),
+        "category": get(change, "category"),
+        "files": files,
+        "comments": get(change, "comments"),
+        "revlink": get(change, "revlink") or None,
+        "when": epoch(get(change, "when_timestamp")),
+        "parent_changeids": plain(get(change, "parent_changeids") or []),
+        "properties": redactor.properties(get(change, "properties")),
+    }
+
+
+def worker_data(worker: Any, *, connected: bool) -> dict[str, Any]:
+    """Data of a ``worker.connected``/``worker.disconnected`` event."""
+    info = get(worker, "workerinfo") or {}
+    return {
+        "worker": get(worker, "name"),
+        "workerid": get(worker, "workerid"),
+        "connected": connected,
+        "connected_to": [get(m, "masterid") for m in get(worker, "connected_to") or ()],
+        "paused": bool(get(worker, "paused")),
+        "graceful": bool(get(worker, "graceful")),
+        "info": {k: plain(v) for k, v in info.items() if k in ("host", "version", "admin", "access_uri")},
+    }
+
+
+def log_data(log: Any, *, step: Mapping[str, Any]) -> dict[str, Any]:
+    """Identity part of a ``log.*`` event.
+
+    :param step: converted data of the log's step.
+    """
+    return {
+        "logid": get(log, "logid"),
+        "stepid": step["stepid"],
+        "step": step.get("name"),
+        "buildid": step["buildid"],
+        "build_number": step.get("build_number"),
+        "builder": step["builder"],
+        "builderid": step.get("builderid"),
+        "branch": step.get("branch"),
+        "worker": step.get("worker"),
+        "name": get(log, "name"),
+        "slug": get(log, "slug"),
+        "log_type": get(log, "type"),
+    }
+
+
+class StdioFilter:
+    """Removes the worker's environment dump from the header lines of a stdio log.
+
+    Buildbot writes ``h environment:`` then one ``h  NAME=value`` header line per variable; a
+    value may span several lines, so the filter is stateful across chunks of one log and drops
+    every header line until the next header that is not indented by two spaces.
+    """
+
+    def __init__(self) -> None:
+        self.in_env = False
+
+    def keep(self, line: str) -> bool:
+        """Whether a raw stdio line (stream character first) may be sent."""
+        if not line.startswith("h"):
+            return True
+        text = line[1:]
+        if text.startswith(_ENV_START):
+            self.in_env = True
+            return True  # the marker itself carries nothing secret
+        if self.in_env:
+            if text.startswith("  "):
+                return False
+            self.in_env = False
+        return not _ENV_LINE.match(text)
+
+
+def split_log_lines(
+    content: str,
+    *,
+    log_type: str,
+    stdio: StdioFilter | None,
+    redactor: Redactor,
+    max_line: int = 2000,
+) -> tuple[list[str], str | None, int]:
+    """Split a chunk of log content into lines to send.
+
+    :returns: ``(lines, streams, removed)``: for stdio logs the stream character is stripped from
+        each line and returned in ``streams`` (one char per line: ``o`` stdout, ``e`` stderr,
+        ``h`` header); ``removed`` counts lines dropped by the environment filter.
+    """
+    raw = content.split("\n")
+    if raw and raw[-1] == "":
+        raw.pop()
+    lines: list[str] = []
+    streams: list[str] = []
+    removed = 0
+    for line in raw:
+        if log_type == "s":
+            if stdio is not None and not stdio.keep(line):
+                removed += 1
+                continue
+            streams.append(line[:1] or "o")
+            line = line[1:]
+        if len(line) > max_line:
+            line = line[:max_line] + "…"
+        lines.append(redactor.scrub(line))
+    return lines, ("".join(streams) if log_type == "s" else None), removed
+
+
+def sanitize_master_name(name: str) -> str:
+    """Turn Buildbot's master name (``host:/path/to/basedir``) into a valid firehose name."""
+    out = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-._")
+    return (out or "master")[:128]

@@ -1,0 +1,128 @@
+"""The ``firehose`` command.
+
+Exit codes: 0 clean stop, 1 runtime failure (port busy, journal unusable), 2 bad usage or config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from firehose import __version__
+from firehose.journal import Retention
+from firehose.service import DEFAULT_LISTEN, TOKENS_ENV, Config, ConfigError, load_config_file, parse_token, tokens_from_env
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="firehose", description="A live event firehose for Buildbot.")
+    parser.add_argument("--version", action="version", version=f"firehose {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the server",
+        description="Run the firehose server: ingest from masters, journal, fan out to subscribers.",
+        epilog=f"Master tokens may also come from the environment: {TOKENS_ENV}='m1=tok1,m2=tok2'. "
+        "Command-line values override the config file, which overrides the environment.",
+    )
+    serve.add_argument("--listen", metavar="ENDPOINT", help=f"Twisted endpoint string (default {DEFAULT_LISTEN})")
+    serve.add_argument("--db", metavar="PATH", help="SQLite journal file (default firehose.sqlite; ':memory:' keeps nothing)")
+    serve.add_argument(
+        "--master-token", metavar="NAME=TOKEN", action="append", default=[],
+        help="allow master NAME to ingest with bearer TOKEN (repeatable)",
+    )
+    serve.add_argument("--config", metavar="FILE", help="TOML config file (see docs/server.md)")
+    serve.add_argument("--max-body", metavar="BYTES", type=int, help="largest ingest body accepted (default 1 MiB)")
+    serve.add_argument("--retention-days", metavar="DAYS", type=float, help="drop events older than this (default 7)")
+    serve.add_argument("--retention-events", metavar="N", type=int, help="keep at most N events (default 10,000,000)")
+    serve.add_argument(
+        "--synchronous", choices=["FULL", "NORMAL"],
+        help="FULL (default): an acknowledged batch survives a power cut; NORMAL: a process crash only",
+    )
+    return parser
+
+
+def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Config:
+    """Environment, then config file, then flags: each later one wins."""
+    config = Config(tokens=tokens_from_env(environ))
+    if args.config:
+        load_config_file(args.config, config)
+    if args.listen:
+        config.listen = args.listen
+    if args.db:
+        config.db = args.db
+    for item in args.master_token:
+        name, token = parse_token(item)
+        config.tokens[name] = token
+    if args.max_body is not None:
+        if args.max_body < 1024:
+            raise ConfigError("--max-body must be at least 1024 bytes")
+        config.max_body = args.max_body
+    if args.retention_days is not None or args.retention_events is not None:
+        config.retention = Retention(
+            max_age=args.retention_days * 86400 if args.retention_days is not None else config.retention.max_age,
+            max_events=args.retention_events if args.retention_events is not None else config.retention.max_events,
+        )
+    if args.synchronous:
+        config.synchronous = args.synchronous
+    return config
+
+
+def _serve(config: Config) -> int:
+    from twisted.internet import reactor
+    from twisted.internet.error import CannotListenError
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+
+    from firehose.journal import JournalError
+    from firehose.service import FirehoseServer
+
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
+    server = FirehoseServer(config, reactor)
+    outcome: dict[str, Any] = {"code": 0}
+
+    def failed(failure: Any) -> None:
+        if failure.check(CannotListenError):
+            exc = failure.value
+            print(f"firehose: cannot listen on {config.listen}: {exc.socketError}"
+                  " (is another server using that port? choose another with --listen)", file=sys.stderr)
+        elif failure.check(JournalError, ConfigError):
+            print(f"firehose: {failure.getErrorMessage()}", file=sys.stderr)
+        else:
+            print(f"firehose: failed to start: {failure.getErrorMessage()}", file=sys.stderr)
+        outcome["code"] = 1
+        reactor.stop()
+
+    def started(_: object) -> None:
+        print(f"firehose: serving on {server.url}  (dashboard {server.url}/, stream {server.url}/sse)",
+              file=sys.stderr, flush=True)
+        reactor.addSystemEventTrigger("before", "shutdown", server.stop)
+
+    def start() -> None:
+        d = server.start()
+        d.addCallbacks(started, failed)
+
+    reactor.callWhenRunning(start)
+    signal.signal(signal.SIGTERM, lambda *_: reactor.callFromThread(reactor.stop))
+    reactor.run()
+    return int(outcome["code"])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        try:
+            config = config_from_args(args)
+        except ConfigError as exc:
+            print(f"firehose: {exc}", file=sys.stderr)
+            return 2
+        return _serve(config)
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""The event envelope, and the one place JSON is encoded and decoded.
+
+An event is encoded once, when the journal gives it an offset; every subscriber then receives the
+same bytes. Filter fields are read from the decoded data lazily and cached on the event, so a
+filter costs a dictionary lookup per subscriber, not a decode.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import simplejson
+
+#: Every event type a master may publish, ``<entity>.<verb>``.
+EVENT_TYPES: tuple[str, ...] = (
+    "build.started",
+    "build.updated",
+    "build.finished",
+    "step.started",
+    "step.finished",
+    "request.submitted",
+    "request.claimed",
+    "request.completed",
+    "request.cancelled",
+    "buildset.submitted",
+    "buildset.completed",
+    "change.new",
+    "worker.connected",
+    "worker.disconnected",
+    "master.started",
+    "master.stopped",
+    "master.heartbeat",
+    "log.started",
+    "log.lines",
+    "log.finished",
+)
+
+#: Buildbot's result codes, by the names events carry in ``data.result``.
+RESULT_NAMES: dict[int, str] = {
+    0: "success",
+    1: "warnings",
+    2: "failure",
+    3: "skipped",
+    4: "exception",
+    5: "retry",
+    6: "cancelled",
+}
+
+#: Fields a filter may name, besides ``prop.<name>``.  Each is read from the event's ``data``
+#: except ``type`` and ``master``, which are on the envelope.
+FILTER_FIELDS: tuple[str, ...] = (
+    "type",
+    "master",
+    "builder",
+    "branch",
+    "project",
+    "repository",
+    "revision",
+    "worker",
+    "result",
+)
+
+_encoder = simplejson.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+_decoder = simplejson.JSONDecoder()
+
+
+def dumps(obj: Any) -> bytes:
+    """Encode ``obj`` as compact UTF-8 JSON."""
+    return _encoder.encode(obj).encode("utf-8")
+
+
+def loads(data: bytes | str) -> Any:
+    """Decode JSON; raises ``ValueError`` on malformed input."""
+    if isinstance(data, bytes):
+        data = data.decode("utf-8")
+    return _decoder.decode(data)
+
+
+class Event:
+    """One journaled event: its offset in the journal and its encoded JSON.
+
+    :param offset: position in the journal, strictly increasing.
+    :param cursor: the opaque cursor string of this event (its public ``id``).
+    :param encoded: the JSON object delivered to subscribers, encoded once.
+    :param fields: the decoded object, when the creator already has it (saves a decode).
+    """
+
+    __slots__ = ("offset", "cursor", "type", "encoded", "_obj", "_fields", "ws_frame", "sse_frame")
+
+    def __init__(
+        self,
+        offset: int,
+        cursor: str,
+        type: str,
+        encoded: bytes,
+        obj: dict[str, Any] | None = None,
+    ) -> None:
+        self.offset = offset
+        self.cursor = cursor
+        self.type = type
+        self.encoded = encoded
+        self._obj = obj
+        self._fields: dict[str, tuple[str, ...]] = {}
+        #: Transport caches (a prepared WebSocket frame, an SSE frame), made by the first
+        #: subscriber of that transport and shared by all the others.
+        self.ws_frame: Any = None
+        self.sse_frame: bytes | None = None
+
+    @classmethod
+    def build(
+        cls,
+        offset: int,
+        cursor: str,
+        *,
+        type: str,
+        master: str,
+        incarnation: str,
+        seq: int,
+        time: float,
+        data: dict[str, Any],
+    ) -> Event:
+        """Make the delivered form of an ingested event and encode it."""
+        obj = {
+            "id": cursor,
+            "type": type,
+            "master": master,
+            "incarnation": incarnation,
+            "seq": seq,
+            "time": time,
+            "data": data,
+        }
+        return cls(offset, cursor, type, dumps(obj), obj)
+
+    @property
+    def obj(self) -> dict[str, Any]:
+        """The decoded event (decoded at most once)."""
+        if self._obj is None:
+            self._obj = loads(self.encoded)
+        return self._obj
+
+    def values(self, field: str) -> tuple[str, ...]:
+        """The string values of a filter field for this event (empty when absent).
+
+        ``result`` matches both the name (``failure``) and the code (``2``).  A list value (a
+        buildset's several branches, say) yields each of its items.
+        """
+        cached = self._fields.get(field)
+        if cached is not None:
+            return cached
+        obj = self.obj
+        if field in ("type", "master"):
+            raw: Any = obj.get(field)
+        elif field.startswith("prop."):
+            props = obj["data"].get("properties")
+            raw = props.get(field[5:]) if isinstance(props, dict) else None
+        else:
+            raw = obj["data"].get(field)
+        if field == "result":
+            code = obj["data"].get("results")
+            extra = (str(code),) if isinstance(code, int) else ()
+        else:
+            extra = ()
+        values = _strings(raw) + extra
+        self._fields[field] = values
+        return values
+
+    def __repr__(self) -> str:
+        return f"<Event {self.cursor} {self.type}>"
+
+
+def _strings(raw: Any) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    if isinstance(raw, list | tuple):
+        return tuple(_scalar(v) for v in raw if v is not None)
+    return (_scalar(raw),)
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict | list):
+        return dumps(value).decode("utf-8")
+    return str(value)

@@ -1,0 +1,296 @@
+"""The hub: live fan-out of journaled events to subscriptions, and the seam between replay and live.
+
+A :class:`Subscription` starts where its ``since`` says.  It replays from the journal page by
+page, only as fast as its transport drains, and joins the live feed when it is within a page of
+the head.  From then on a ``seen`` offset guards the seam: an event arriving both from the last
+replay page and from the live feed is delivered once, and nothing between them is skipped
+because the journal tells the hub of an event only after it is durable.
+
+Memory per subscription is bounded: while its transport is paused (the socket is not draining),
+live events wait in a queue of at most ``max_pending``; past that the subscription ends with a
+``gap`` of reason ``slow`` that names the cursor to resume from, and the others never notice.
+The hub knows nothing of any transport: a transport hands it a :class:`Sink`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from firehose.cursor import EARLIEST, NOW, CursorError, format_cursor, parse_cursor
+from firehose.event import Event
+from firehose.filters import Filter
+from firehose.journal import IJournal
+
+
+class Sink(Protocol):
+    """What a transport gives the hub for one subscription."""
+
+    def send(self, events: list[Event]) -> None:
+        """Write these events (in order) to the client; never called with an empty list."""
+
+    def gap(self, gap: dict[str, Any], final: bool) -> None:
+        """Tell the client of a gap.  ``final``: the subscription has ended (reason ``slow``)."""
+
+
+class Stats:
+    """Plain counters read by /metrics and /health; nothing here costs more than an add."""
+
+    def __init__(self) -> None:
+        self.subscribers: Counter[str] = Counter()
+        self.delivered: Counter[str] = Counter()
+        self.slow: Counter[str] = Counter()
+        self.published = 0
+
+
+class Hub:
+    """Fan-out of one journal's events.
+
+    :param page_size: events read per replay page; also how close to the head a replaying
+        subscription must be to join the live feed.
+    :param max_pending: live events a paused subscription may queue before it is ended as slow.
+    """
+
+    log = Logger()
+
+    def __init__(self, journal: IJournal, page_size: int = 500, max_pending: int = 1000) -> None:
+        self.journal = journal
+        self.page_size = page_size
+        self.max_pending = max_pending
+        self.stats = Stats()
+        self._live: dict[Subscription, None] = {}
+        journal.listen(self._publish)
+
+    def cursor(self, offset: int) -> str:
+        return format_cursor(self.journal.epoch, offset)
+
+    @property
+    def head_cursor(self) -> str:
+        return self.cursor(self.journal.head)
+
+    def subscribe(
+        self,
+        sink: Sink,
+        flt: Filter,
+        since: str | None = None,
+        transport: str = "other",
+        page_size: int | None = None,
+    ) -> Subscription:
+        """Make a subscription; raise :class:`CursorError` for a cursor that cannot be used.
+
+        Nothing is delivered until the caller calls :meth:`Subscription.start`, so a transport
+        can first acknowledge the subscription to its client.
+
+        :param since: a cursor (deliver what follows it), ``earliest``, or ``None``/``now``
+            (live only).  A cursor of another epoch, or older than retention, starts at the
+            earliest retained event after a ``gap`` message saying so.
+        """
+        position, gap = self._resolve(since)
+        sub = Subscription(self, sink, flt, position, transport, page_size or self.page_size)
+        sub._initial_gap = gap
+        self.stats.subscribers[transport] += 1
+        return sub
+
+    def _resolve(self, since: str | None) -> tuple[int, dict[str, Any] | None]:
+        journal = self.journal
+        oldest = journal.earliest - 1
+        if since is None or since == NOW or since == "":
+            return journal.head, None
+        if since == EARLIEST:
+            return oldest, None
+        cursor = parse_cursor(since)
+        if cursor.epoch != journal.epoch:
+            return oldest, self._gap("epoch", since, oldest)
+        if cursor.offset > journal.head:
+            raise CursorError(f"cursor {since!r} is ahead of this stream (newest is {self.head_cursor})")
+        if cursor.offset < oldest:
+            return oldest, self._gap("expired", since, oldest)
+        return cursor.offset, None
+
+    def _gap(self, reason: str, since: str | None, resume: int) -> dict[str, Any]:
+        return {
+            "type": "gap",
+            "reason": reason,
+            "since": since,
+            "cursor": self.cursor(resume),
+            "earliest": self.cursor(self.journal.earliest - 1),
+        }
+
+    def _publish(self, events: list[Event]) -> None:
+        self.stats.published += len(events)
+        for sub in list(self._live):
+            sub._offer(events)
+
+    @property
+    def subscriptions(self) -> Iterable[Subscription]:
+        return list(self._live)
+
+
+class Subscription:
+    """One subscriber's position in the stream.  Made by :meth:`Hub.subscribe`."""
+
+    log = Logger()
+
+    def __init__(
+        self, hub: Hub, sink: Sink, flt: Filter, position: int, transport: str, page_size: int
+    ) -> None:
+        self.hub = hub
+        self.sink = sink
+        self.filter = flt
+        self.transport = transport
+        self.page_size = page_size
+        #: Highest offset examined: events at or below it are never delivered again.
+        self.seen = position
+        self.live = False
+        self.closed = False
+        self.paused = False
+        self._attached = False
+        self._pending: list[Event] = []
+        self._reading = False
+        self._initial_gap: dict[str, Any] | None = None
+
+    @property
+    def position(self) -> int:
+        """Offset up to which every matching event has been handed to the sink."""
+        return self._pending[0].offset - 1 if self._pending else self.seen
+
+    @property
+    def cursor(self) -> str:
+        return self.hub.cursor(self.position)
+
+    def start(self) -> None:
+        """Begin delivery: the gap, if ``since`` needed one, then replay, then live."""
+        if self._initial_gap is not None:
+            self.sink.gap(self._initial_gap, final=False)
+            self._initial_gap = None
+        if self.closed:
+            return
+        if self.seen >= self.hub.journal.head:
+            self._attach()
+            self.live = True
+        else:
+            self._replay()
+
+    def _attach(self) -> None:
+        if not self._attached:
+            self._attached = True
+            self.hub._live[self] = None
+
+    def _detach(self) -> None:
+        if self._attached:
+            self._attached = False
+            self.hub._live.pop(self, None)
+            self._pending.clear()
+
+    def pause(self) -> None:
+        """The transport's buffer is full: queue live events, stop reading replay pages."""
+        self.paused = True
+
+    def resume(self) -> None:
+        """The transport drained: send what waited, or continue the replay."""
+        self.paused = False
+        if self.closed:
+            return
+        if self.live:
+            self._flush()
+        elif not self._reading:
+            self._replay()
+
+    def close(self) -> None:
+        """Stop delivering (the client went away or unsubscribed).  Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        self._detach()
+        self.hub.stats.subscribers[self.transport] -= 1
+
+    @defer.inlineCallbacks
+    def _replay(self) -> Any:
+        journal = self.hub.journal
+        self._reading = True
+        try:
+            while not self.closed and not self.paused:
+                if self.seen < journal.earliest - 1:
+                    # Retention removed events this subscription had not reached yet.
+                    resume = journal.earliest - 1
+                    self.sink.gap(self.hub._gap("expired", self.hub.cursor(self.seen), resume), False)
+                    self.seen = resume
+                if journal.head - self.seen <= self.page_size:
+                    self._attach()
+                page = yield journal.read(self.seen, self.page_size)
+                if self.closed:
+                    return
+                self._deliver(page)
+                if len(page) < self.page_size and self._attached:
+                    self._go_live()
+                    return
+        except Exception:
+            self.log.failure("replay failed; ending subscription")
+            self.sink.gap(self.hub._gap("error", None, self.seen), final=True)
+            self.close()
+        finally:
+            self._reading = False
+
+    def _deliver(self, events: list[Event]) -> None:
+        """Hand the sink every event after ``seen`` that matches (replay pages)."""
+        flt = self.filter
+        everything = flt.is_everything
+        out = [e for e in events if e.offset > self.seen and (everything or flt.matches(e))]
+        if events:
+            self.seen = max(self.seen, events[-1].offset)
+        if out:
+            self.hub.stats.delivered[self.transport] += len(out)
+            self.sink.send(out)
+
+    def _offer(self, events: list[Event]) -> None:
+        """Live events from the hub."""
+        flt = self.filter
+        everything = flt.is_everything
+        if not self.live:
+            # Still replaying: keep them for the seam (see _go_live); the journal has them too.
+            self._pending.extend(e for e in events if everything or flt.matches(e))
+            if len(self._pending) > self.hub.max_pending:
+                self._detach()
+            return
+        seen = self.seen
+        matched = [e for e in events if e.offset > seen and (everything or flt.matches(e))]
+        self.seen = max(seen, events[-1].offset)
+        if not matched:
+            return
+        if self.paused:
+            self._pending.extend(matched)
+            if len(self._pending) > self.hub.max_pending:
+                self._slow()
+        else:
+            self.hub.stats.delivered[self.transport] += len(matched)
+            self.sink.send(matched)
+
+    def _go_live(self) -> None:
+        """The replay reached the head: send the live events it has not already covered."""
+        fresh = [e for e in self._pending if e.offset > self.seen]
+        self._pending = fresh
+        if fresh:
+            self.seen = fresh[-1].offset
+        self.live = True
+        self._flush()
+
+    def _flush(self) -> None:
+        if self._pending and not self.paused:
+            out, self._pending = self._pending, []
+            self.hub.stats.delivered[self.transport] += len(out)
+            self.sink.send(out)
+
+    def _slow(self) -> None:
+        gap = self.hub._gap("slow", None, self.position)
+        self.hub.stats.slow[self.transport] += 1
+        self.log.info(
+            "{transport} subscriber too slow: ended with a gap at {cursor}",
+            transport=self.transport,
+            cursor=gap["cursor"],
+        )
+        self.close()
+        self.sink.gap(gap, final=True)

@@ -1,0 +1,162 @@
+"""``POST /ingest``: batches of events from masters, answered only once they are durable.
+
+The checks run cheapest and most telling first: size, token, JSON, schema, then whether every
+event belongs to the master the token is for.  A rejected batch changes nothing: it never reaches
+the journal.  A 200 means the journal holds every event of the batch (or already held it: a
+retried batch is answered the same way, its events counted as duplicates).
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from firehose._http import error_body, json_body
+from firehose.cursor import format_cursor
+from firehose.event import loads
+from firehose.journal import AppendResult, IJournal
+from firehose.schema import SchemaError, validate_batch
+
+
+class MasterTokens:
+    """Which bearer token belongs to which master, compared in constant time."""
+
+    def __init__(self, tokens: Mapping[str, str]) -> None:
+        self._tokens = {m: t.encode("utf-8") for m, t in tokens.items()}
+
+    def __contains__(self, master: str) -> bool:
+        return master in self._tokens
+
+    def __len__(self) -> int:
+        return len(self._tokens)
+
+    def master_for(self, token: str) -> str | None:
+        """The master this token belongs to, or ``None``.  Every token is compared, always."""
+        given = token.encode("utf-8")
+        found = None
+        for master, expected in self._tokens.items():
+            if hmac.compare_digest(given, expected):
+                found = master
+        return found
+
+
+class IngestStats:
+    """Counters for /metrics: per master, and rejections by reason."""
+
+    def __init__(self) -> None:
+        self.accepted: Counter[str] = Counter()
+        self.duplicates: Counter[str] = Counter()
+        self.seq_gaps: Counter[str] = Counter()
+        self.rejected: Counter[str] = Counter()
+        #: Per master, the ``time`` of its newest event and when it arrived.
+        self.last_event_time: dict[str, float] = {}
+        self.last_received: dict[str, float] = {}
+
+
+class IngestResource(Resource):
+    """The ingest endpoint.
+
+    :param max_body: the largest body accepted, in bytes (larger ones get 413 unread).
+    """
+
+    isLeaf = True
+    log = Logger()
+
+    def __init__(
+        self, journal: IJournal, tokens: MasterTokens, max_body: int, stats: IngestStats
+    ) -> None:
+        super().__init__()
+        self.journal = journal
+        self.tokens = tokens
+        self.max_body = max_body
+        self.stats = stats
+
+    def render_POST(self, request: Request) -> bytes | int:
+        if getattr(request, "body_too_large", False):
+            return self._reject(request, 413, "too_large", f"body larger than {self.max_body} bytes")
+        master = self._authenticate(request)
+        if isinstance(master, bytes):
+            return master
+        try:
+            body = request.content.read() if request.content is not None else b""
+            batch = loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return self._reject(request, 400, "malformed_json", f"body is not JSON: {exc}")
+        try:
+            validate_batch(batch)
+        except SchemaError as exc:
+            return self._reject(request, 422, "schema", str(exc))
+        for i, event in enumerate(batch):
+            if event["master"] != master:
+                name = event["master"]
+                why = (
+                    f"token is for master {master!r}, not {name!r}"
+                    if name in self.tokens
+                    else f"unknown master {name!r}"
+                )
+                return self._reject(request, 403, "wrong_master", f"batch[{i}]: {why}")
+        d = self.journal.append(batch)
+        d.addCallbacks(self._stored, self._failed, callbackArgs=(request, master, batch),
+                       errbackArgs=(request,))
+        return NOT_DONE_YET
+
+    def _authenticate(self, request: Request) -> str | bytes:
+        """The master the bearer token belongs to, or the encoded 401/403 answer."""
+        header = (request.getHeader(b"authorization") or b"").decode("latin-1").strip()
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            request.setHeader(b"www-authenticate", b'Bearer realm="firehose"')
+            return self._reject(request, 401, "unauthorized", "missing 'Authorization: Bearer <token>' header")
+        if not len(self.tokens):
+            return self._reject(request, 403, "no_masters", "this server has no master tokens configured")
+        master = self.tokens.master_for(token.strip())
+        if master is None:
+            request.setHeader(b"www-authenticate", b'Bearer realm="firehose", error="invalid_token"')
+            return self._reject(request, 401, "unauthorized", "invalid token")
+        return master
+
+    def _reject(self, request: Request, code: int, error: str, message: str) -> bytes:
+        self.stats.rejected[error] += 1
+        self.log.info("ingest rejected ({code} {error}): {message}", code=code, error=error, message=message)
+        return error_body(request, code, error, message)
+
+    def _stored(self, result: AppendResult, request: Request, master: str, batch: list[Any]) -> None:
+        stats = self.stats
+        stats.accepted[master] += len(result.accepted)
+        stats.duplicates[master] += result.duplicates
+        stats.seq_gaps[master] += result.seq_gaps
+        stats.last_event_time[master] = max(
+            stats.last_event_time.get(master, 0.0), max(e["time"] for e in batch)
+        )
+        stats.last_received[master] = time.time()
+        if result.seq_gaps:
+            self.log.warn("master {master} skipped sequence numbers in {n} places", master=master, n=result.seq_gaps)
+        last = format_cursor(self.journal.epoch, self.journal.head)
+        body = json_body(
+            request,
+            200,
+            {"accepted": len(result.accepted), "duplicates": result.duplicates, "cursor": last},
+        )
+        _finish(request, body)
+
+    def _failed(self, failure: Failure, request: Request) -> None:
+        self.stats.rejected["unavailable"] += 1
+        body = error_body(request, 503, "unavailable", f"journal unavailable: {failure.getErrorMessage()}")
+        request.setHeader(b"retry-after", b"1")
+        _finish(request, body)
+
+
+def _finish(request: Request, body: bytes) -> None:
+    """Write and finish unless the client already went away (the write happened anyway)."""
+    if request.finished or request._disconnected:
+        return
+    request.write(body)
+    request.finish()

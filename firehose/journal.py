@@ -1,0 +1,439 @@
+"""The journal: every accepted event, in order, with its offset; the one source of truth.
+
+``append`` deduplicates by ``(master, incarnation, seq)``, gives each new event the next offset,
+makes the batch durable and only then fires, so its answer can be the master's acknowledgement.
+Listeners (the hub) are told of new events in offset order, in the reactor thread, before
+``append``'s Deferred fires.  That is the only way events reach subscribers, so a journal that
+is fed by other nodes (a Redis Streams journal, say) fans out the same way.
+
+:class:`SQLiteJournal` is the embedded default: WAL mode, one writer thread doing group commits
+(every batch that arrives while a commit is running goes into the next one), one reader thread
+with its own connection for replays, so neither ever blocks the reactor.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sqlite3
+import time as _time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+from zope.interface import Attribute, Interface, implementer
+
+from firehose.cursor import format_cursor
+from firehose.event import Event
+
+Listener = Callable[[list[Event]], None]
+
+
+class JournalError(Exception):
+    """The journal could not be opened or written; the message says what to fix."""
+
+
+@dataclass
+class AppendResult:
+    """What became of one appended batch."""
+
+    accepted: list[Event] = field(default_factory=list)
+    duplicates: int = 0
+    #: Events whose ``seq`` skipped ahead of the last one seen (the master lost some).
+    seq_gaps: int = 0
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How much history to keep; ``None`` means no limit on that axis."""
+
+    max_age: float | None = 7 * 24 * 3600.0
+    max_events: int | None = 10_000_000
+
+
+class IJournal(Interface):
+    epoch = Attribute("The journal's epoch: changes when the journal is recreated.")
+    head = Attribute("Offset of the newest event, 0 when empty.")
+    earliest = Attribute("Offset of the oldest retained event (head + 1 when empty).")
+
+    def append(batch: Sequence[dict[str, Any]]) -> defer.Deferred[AppendResult]:
+        """Deduplicate, number and durably store a batch of validated events."""
+
+    def read(after: int, limit: int) -> defer.Deferred[list[Event]]:
+        """Up to ``limit`` events with offset greater than ``after``, oldest first."""
+
+    def listen(listener: Listener) -> None:
+        """Call ``listener`` with each list of newly durable events, in offset order."""
+
+    def last_seqs() -> dict[str, tuple[str, int]]:
+        """Per master: its newest incarnation and the last seq accepted from it."""
+
+    def trim() -> defer.Deferred[int]:
+        """Apply retention now; fires with the number of events removed."""
+
+    def close() -> defer.Deferred[None]:
+        """Finish pending writes and release resources."""
+
+
+class _Sequencer:
+    """Dedup and numbering, shared by every journal; it holds no lock and touches no I/O.
+
+    ``plan`` works on a private overlay so that a failed write leaves the state unchanged:
+    ``commit`` applies the overlay once the write is durable.
+    """
+
+    def __init__(self, epoch: str, head: int, seqs: dict[tuple[str, str], int]) -> None:
+        self.epoch = epoch
+        self.head = head
+        self.seqs = seqs
+        #: Per master, the incarnation seen most recently, for metrics and health.
+        self.latest: dict[str, tuple[str, int]] = {}
+
+    def plan(
+        self, batches: Sequence[Sequence[dict[str, Any]]], now: float
+    ) -> tuple[list[AppendResult], dict[tuple[str, str], int], int]:
+        overlay: dict[tuple[str, str], int] = {}
+        head = self.head
+        results = []
+        for batch in batches:
+            result = AppendResult()
+            for ev in batch:
+                key = (ev["master"], ev["incarnation"])
+                last = overlay.get(key, self.seqs.get(key, 0))
+                seq = ev["seq"]
+                if seq <= last:
+                    result.duplicates += 1
+                    continue
+                if seq != last + 1:
+                    result.seq_gaps += 1
+                overlay[key] = seq
+                head += 1
+                result.accepted.append(
+                    Event.build(
+                        head,
+                        format_cursor(self.epoch, head),
+                        type=ev["type"],
+                        master=ev["master"],
+                        incarnation=ev["incarnation"],
+                        seq=seq,
+                        time=ev["time"],
+                        data=ev["data"],
+                    )
+                )
+            results.append(result)
+        return results, overlay, head
+
+    def commit(self, overlay: dict[tuple[str, str], int], head: int) -> None:
+        self.seqs.update(overlay)
+        for (master, incarnation), seq in overlay.items():
+            self.latest[master] = (incarnation, seq)
+        self.head = head
+
+
+class _JournalBase:
+    """Group commit, listeners and the ordering guarantee; subclasses store and read."""
+
+    log = Logger()
+
+    def __init__(self, epoch: str, head: int, earliest: int, seqs: dict[tuple[str, str], int]):
+        self._seq = _Sequencer(epoch, head, seqs)
+        self.earliest = earliest
+        self._listeners: list[Listener] = []
+        self._pending: list[tuple[Sequence[dict[str, Any]], defer.Deferred[AppendResult]]] = []
+        self._writing = False
+        self._idle: list[defer.Deferred[None]] = []
+
+    @property
+    def epoch(self) -> str:
+        return self._seq.epoch
+
+    @property
+    def head(self) -> int:
+        return self._seq.head
+
+    def listen(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def last_seqs(self) -> dict[str, tuple[str, int]]:
+        return dict(self._seq.latest)
+
+    def append(self, batch: Sequence[dict[str, Any]]) -> defer.Deferred[AppendResult]:
+        d: defer.Deferred[AppendResult] = defer.Deferred()
+        self._pending.append((batch, d))
+        if not self._writing:
+            self._write_pending()
+        return d
+
+    def _write_pending(self) -> None:
+        group, self._pending = self._pending, []
+        self._writing = True
+        results, overlay, head = self._seq.plan([b for b, _ in group], _time.time())
+        events = [e for r in results for e in r.accepted]
+        d = self._store(events)
+
+        def stored(_: object) -> None:
+            self._seq.commit(overlay, head)
+            if events:
+                if self.earliest > events[0].offset:
+                    self.earliest = events[0].offset
+                for listener in self._listeners:
+                    try:
+                        listener(events)
+                    except Exception:
+                        self.log.failure("journal listener failed")
+            for (_, bd), result in zip(group, results, strict=True):
+                bd.callback(result)
+
+        def failed(failure: Any) -> None:
+            self.log.failure("journal write failed; {n} batches not acknowledged", failure, n=len(group))
+            for _, bd in group:
+                bd.errback(JournalError(f"journal write failed: {failure.getErrorMessage()}"))
+
+        def next_group(_: object) -> None:
+            self._writing = False
+            if self._pending:
+                self._write_pending()
+            else:
+                idle, self._idle = self._idle, []
+                for w in idle:
+                    w.callback(None)
+
+        d.addCallbacks(stored, failed).addBoth(next_group)
+
+    def _when_idle(self) -> defer.Deferred[None]:
+        if not self._writing:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._idle.append(d)
+        return d
+
+    def _store(self, events: list[Event]) -> defer.Deferred[None]:
+        raise NotImplementedError
+
+
+@implementer(IJournal)
+class MemoryJournal(_JournalBase):
+    """A journal in memory: for unit tests and for users' own tests (``firehose.testing``).
+
+    ``retention`` applies on :meth:`trim` just as in the SQLite journal, so gap handling can be
+    tested without a disk.
+    """
+
+    def __init__(self, epoch: str | None = None, retention: Retention | None = None) -> None:
+        super().__init__(epoch or _new_epoch(), 0, 1, {})
+        self._events: list[Event] = []
+        self._retention = retention or Retention(max_age=None, max_events=None)
+        #: Set to an exception to make the next writes fail (tests of the failure path).
+        self.fail_writes: Exception | None = None
+
+    def _store(self, events: list[Event]) -> defer.Deferred[None]:
+        if self.fail_writes is not None:
+            return defer.fail(self.fail_writes)
+        self._events.extend(events)
+        return defer.succeed(None)
+
+    def read(self, after: int, limit: int) -> defer.Deferred[list[Event]]:
+        start = max(0, after + 1 - self.earliest)
+        return defer.succeed(self._events[start : start + limit])
+
+    def trim(self) -> defer.Deferred[int]:
+        keep = self._retention.max_events
+        removed = 0
+        if keep is not None and len(self._events) > keep:
+            removed = len(self._events) - keep
+            del self._events[:removed]
+            self.earliest += removed
+        return defer.succeed(removed)
+
+    def close(self) -> defer.Deferred[None]:
+        return self._when_idle()
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    offset INTEGER PRIMARY KEY,
+    received REAL NOT NULL,
+    type TEXT NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sources (
+    master TEXT NOT NULL,
+    incarnation TEXT NOT NULL,
+    last_seq INTEGER NOT NULL,
+    updated REAL NOT NULL,
+    PRIMARY KEY (master, incarnation)
+);
+"""
+
+
+@implementer(IJournal)
+class SQLiteJournal(_JournalBase):
+    """The embedded journal: one SQLite file in WAL mode.
+
+    :param path: the database file; created with its directory's permissions if missing.
+    :param synchronous: SQLite's ``synchronous`` setting.  ``FULL`` (default) makes an
+        acknowledged batch survive a power cut; ``NORMAL`` survives a process crash only.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        reactor: Any = None,
+        retention: Retention | None = None,
+        synchronous: str = "FULL",
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        self._reactor = reactor
+        self.path = path
+        self._retention = retention or Retention()
+        try:
+            self._writer_db = self._connect(synchronous)
+            self._writer_db.executescript(_SCHEMA)
+            epoch = self._load_epoch()
+            head, earliest = self._bounds(self._writer_db)
+            seqs = {
+                (m, i): s
+                for m, i, s in self._writer_db.execute(
+                    "SELECT master, incarnation, last_seq FROM sources"
+                )
+            }
+            self._reader_db = self._connect(synchronous)
+        except sqlite3.Error as exc:
+            raise JournalError(f"cannot open journal database {path!r}: {exc}") from exc
+        super().__init__(epoch, head, earliest, seqs)
+        for (master, incarnation), seq in seqs.items():
+            self._seq.latest[master] = (incarnation, seq)
+        self._writer = ThreadPool(1, 1, "firehose-journal-writer")
+        self._reader = ThreadPool(1, 1, "firehose-journal-reader")
+        self._writer.start()
+        self._reader.start()
+
+    def _connect(self, synchronous: str) -> sqlite3.Connection:
+        directory = os.path.dirname(os.path.abspath(self.path))
+        if not os.path.isdir(directory):
+            raise sqlite3.OperationalError(f"directory {directory!r} does not exist")
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={synchronous}")
+        db.execute("PRAGMA busy_timeout=5000")
+        return db
+
+    def _load_epoch(self) -> str:
+        row = self._writer_db.execute("SELECT value FROM meta WHERE key='epoch'").fetchone()
+        if row:
+            return str(row[0])
+        epoch = _new_epoch()
+        self._writer_db.execute("INSERT INTO meta VALUES ('epoch', ?)", (epoch,))
+        return epoch
+
+    @staticmethod
+    def _bounds(db: sqlite3.Connection) -> tuple[int, int]:
+        lo, hi = db.execute("SELECT MIN(offset), MAX(offset) FROM events").fetchone()
+        if hi is None:
+            (stored,) = db.execute(
+                "SELECT COALESCE((SELECT CAST(value AS INTEGER) FROM meta WHERE key='head'), 0)"
+            ).fetchone()
+            return stored, stored + 1
+        return hi, lo
+
+    def _store(self, events: list[Event]) -> defer.Deferred[None]:
+        rows = [
+            (e.offset, e.type, e.obj["master"], e.obj["incarnation"], e.obj["seq"], e.encoded)
+            for e in events
+        ]
+        return deferToThreadPool(self._reactor, self._writer, self._store_sync, rows)
+
+    def _store_sync(self, rows: list[tuple[int, str, str, str, int, bytes]]) -> None:
+        if not rows:
+            return
+        now = _time.time()
+        db = self._writer_db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(
+                "INSERT INTO events (offset, received, type, body) VALUES (?, ?, ?, ?)",
+                [(off, now, type_, body) for off, type_, _, _, _, body in rows],
+            )
+            last: dict[tuple[str, str], int] = {}
+            for _, _, master, incarnation, seq, _ in rows:
+                last[(master, incarnation)] = seq
+            db.executemany(
+                "INSERT INTO sources VALUES (?, ?, ?, ?) ON CONFLICT (master, incarnation) "
+                "DO UPDATE SET last_seq = excluded.last_seq, updated = excluded.updated",
+                [(m, i, s, now) for (m, i), s in last.items()],
+            )
+            db.execute(
+                "INSERT INTO meta VALUES ('head', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (str(rows[-1][0]),),
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def read(self, after: int, limit: int) -> defer.Deferred[list[Event]]:
+        return deferToThreadPool(self._reactor, self._reader, self._read_sync, after, limit)
+
+    def _read_sync(self, after: int, limit: int) -> list[Event]:
+        epoch = self.epoch
+        return [
+            Event(offset, format_cursor(epoch, offset), type_, body)
+            for offset, type_, body in self._reader_db.execute(
+                "SELECT offset, type, body FROM events WHERE offset > ? ORDER BY offset LIMIT ?",
+                (after, limit),
+            )
+        ]
+
+    def trim(self) -> defer.Deferred[int]:
+        d = deferToThreadPool(self._reactor, self._writer, self._trim_sync, self.head)
+
+        def trimmed(result: tuple[int, int]) -> int:
+            removed, earliest = result
+            self.earliest = max(self.earliest, earliest)
+            if removed:
+                self.log.info("retention removed {n} events; earliest offset now {e}", n=removed, e=self.earliest)
+            return removed
+
+        return d.addCallback(trimmed)
+
+    def _trim_sync(self, head: int) -> tuple[int, int]:
+        db = self._writer_db
+        removed = 0
+        if self._retention.max_age is not None:
+            cur = db.execute("DELETE FROM events WHERE received < ?", (_time.time() - self._retention.max_age,))
+            removed += cur.rowcount
+        if self._retention.max_events is not None:
+            cur = db.execute("DELETE FROM events WHERE offset <= ?", (head - self._retention.max_events,))
+            removed += cur.rowcount
+        (lo,) = db.execute("SELECT MIN(offset) FROM events").fetchone()
+        return removed, (lo if lo is not None else head + 1)
+
+    def size_bytes(self) -> int:
+        """Bytes on disk of the database and its write-ahead log."""
+        total = 0
+        for suffix in ("", "-wal"):
+            try:
+                total += os.path.getsize(self.path + suffix)
+            except OSError:
+                pass
+        return total
+
+    @defer.inlineCallbacks
+    def close(self) -> Any:
+        yield self._when_idle()
+        self._writer.stop()
+        self._reader.stop()
+        self._writer_db.close()
+        self._reader_db.close()
+
+
+def _new_epoch() -> str:
+    return secrets.token_hex(4)

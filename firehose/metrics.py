@@ -1,0 +1,94 @@
+"""``GET /metrics``: Prometheus text format, read from plain counters at scrape time.
+
+The hot paths only add to integers (``Hub.stats``, ``IngestStats``); this collector turns them into
+metric families when Prometheus asks, so metrics cost nothing per event.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+
+from firehose.hub import Hub
+from firehose.ingest import IngestStats
+from firehose.journal import IJournal
+
+TRANSPORTS = ("websocket", "sse", "longpoll")
+
+
+class FirehoseCollector:
+    def __init__(
+        self, hub: Hub, journal: IJournal, ingest: IngestStats, journal_bytes: Callable[[], int]
+    ) -> None:
+        self.hub = hub
+        self.journal = journal
+        self.ingest = ingest
+        self.journal_bytes = journal_bytes
+
+    def collect(self) -> Iterator[Metric]:
+        stats, ingest = self.hub.stats, self.ingest
+
+        def per_master(name: str, doc: str, values: dict[str, Any], kind: type = CounterMetricFamily) -> Metric:
+            family = kind(name, doc, labels=["master"])
+            for master, value in sorted(values.items()):
+                family.add_metric([master], value)
+            return family
+
+        yield per_master("firehose_events_ingested", "Events accepted into the journal.", ingest.accepted)
+        yield per_master("firehose_events_duplicate", "Events dropped as already journaled.", ingest.duplicates)
+        yield per_master("firehose_seq_gaps", "Places where a master's seq skipped ahead.", ingest.seq_gaps)
+        rejected = CounterMetricFamily("firehose_ingest_rejected", "Ingest requests rejected.", labels=["reason"])
+        for reason, n in sorted(ingest.rejected.items()):
+            rejected.add_metric([reason], n)
+        yield rejected
+        seqs = self.journal.last_seqs()
+        yield per_master(
+            "firehose_master_last_seq", "Last seq accepted from the master's newest incarnation.",
+            {m: s for m, (_, s) in seqs.items()}, GaugeMetricFamily,
+        )
+        now = time.time()
+        yield per_master(
+            "firehose_master_lag_seconds", "Now minus the time of the master's newest event.",
+            {m: max(0.0, now - t) for m, t in ingest.last_event_time.items()}, GaugeMetricFamily,
+        )
+        yield per_master(
+            "firehose_master_silence_seconds", "Seconds since the master's last accepted batch.",
+            {m: max(0.0, now - t) for m, t in ingest.last_received.items()}, GaugeMetricFamily,
+        )
+        subs = GaugeMetricFamily("firehose_subscribers", "Active subscriptions.", labels=["transport"])
+        out = CounterMetricFamily("firehose_events_delivered", "Events delivered.", labels=["transport"])
+        slow = CounterMetricFamily("firehose_slow_subscribers", "Subscriptions ended as too slow.", labels=["transport"])
+        for t in TRANSPORTS:
+            subs.add_metric([t], stats.subscribers[t])
+            out.add_metric([t], stats.delivered[t])
+            slow.add_metric([t], stats.slow[t])
+        yield subs
+        yield out
+        yield slow
+        yield CounterMetricFamily("firehose_events_published", "Events fanned out live.", value=stats.published)
+        yield GaugeMetricFamily("firehose_journal_head", "Offset of the newest event.", value=self.journal.head)
+        yield GaugeMetricFamily(
+            "firehose_journal_events", "Events retained in the journal.",
+            value=max(0, self.journal.head - self.journal.earliest + 1),
+        )
+        yield GaugeMetricFamily("firehose_journal_bytes", "Journal size on disk.", value=self.journal_bytes())
+
+
+class MetricsResource(Resource):
+    isLeaf = True
+
+    def __init__(self, collector: FirehoseCollector) -> None:
+        super().__init__()
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(collector)  # type: ignore[arg-type]
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
+        return generate_latest(self.registry)

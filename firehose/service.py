@@ -1,0 +1,219 @@
+"""Build and run a firehose server from a :class:`Config`: journal, hub, site, listening port.
+
+``FirehoseServer`` is what the CLI runs and what tests start in-process::
+
+    server = FirehoseServer(Config(listen="tcp:0:interface=127.0.0.1", db=path,
+                                   tokens={"m1": "secret"}))
+    yield server.start()
+    ... server.url ...
+    yield server.stop()
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.protocols.policies import WrappingFactory
+
+from firehose.hub import Hub
+from firehose.ingest import IngestStats, MasterTokens
+from firehose.journal import IJournal, MemoryJournal, Retention, SQLiteJournal
+from firehose.schema import MASTER_NAME_PATTERN
+from firehose.web import build_site
+
+DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
+TOKENS_ENV = "FIREHOSE_MASTER_TOKENS"
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased for the person who wrote the configuration."""
+
+
+@dataclass
+class Config:
+    """Everything a server needs.  The defaults are the embedded, single-node setup.
+
+    :param db: SQLite journal file, or ``:memory:`` for a journal that dies with the process.
+    :param tokens: master name -> bearer token it must present on ``/ingest``.
+    """
+
+    listen: str = DEFAULT_LISTEN
+    db: str = "firehose.sqlite"
+    tokens: dict[str, str] = field(default_factory=dict)
+    max_body: int = 1024 * 1024
+    retention: Retention = field(default_factory=Retention)
+    synchronous: str = "FULL"
+    #: How often retention runs, in seconds.
+    trim_interval: float = 60.0
+    page_size: int = 500
+    max_pending: int = 1000
+
+
+def parse_token(text: str) -> tuple[str, str]:
+    """``NAME=TOKEN`` -> ``(name, token)``, with a message that says what is wrong."""
+    import re
+
+    name, sep, token = text.partition("=")
+    name, token = name.strip(), token.strip()
+    if not sep or not name or not token:
+        raise ConfigError(f"master token {text!r} must look like NAME=TOKEN")
+    if not re.match(MASTER_NAME_PATTERN, name):
+        raise ConfigError(f"master name {name!r} may only hold letters, digits, '.', '_' and '-'")
+    return name, token
+
+
+def tokens_from_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Tokens from ``FIREHOSE_MASTER_TOKENS="m1=tok1,m2=tok2"`` (keeps them out of ``ps``)."""
+    raw = (environ if environ is not None else os.environ).get(TOKENS_ENV, "")
+    return dict(parse_token(t) for t in raw.split(",") if t.strip())
+
+
+def load_config_file(path: str, config: Config) -> Config:
+    """Overlay a TOML file on ``config``.  Keys: ``listen``, ``db``, ``max_body``, ``synchronous``,
+    ``[masters]`` (name = token), ``[retention]`` (``max_age_days``, ``max_events``)."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path!r}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path!r} is not valid TOML: {exc}") from None
+    known = {"listen", "db", "max_body", "synchronous", "masters", "retention"}
+    unknown = set(data) - known
+    if unknown:
+        raise ConfigError(f"config file {path!r}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
+    for key in ("listen", "db", "synchronous"):
+        if key in data:
+            setattr(config, key, str(data[key]))
+    if "max_body" in data:
+        config.max_body = int(data["max_body"])
+    for name, token in (data.get("masters") or {}).items():
+        n, t = parse_token(f"{name}={token}")
+        config.tokens[n] = t
+    retention = data.get("retention") or {}
+    if retention:
+        days = retention.get("max_age_days", None)
+        config.retention = Retention(
+            max_age=float(days) * 86400 if days is not None else None,
+            max_events=int(retention["max_events"]) if "max_events" in retention else None,
+        )
+    return config
+
+
+class FirehoseServer:
+    """One server: a journal, a hub and the HTTP site on one listening port."""
+
+    log = Logger()
+
+    def __init__(self, config: Config, reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        self.config = config
+        self.reactor = reactor
+        self.port: Any = None
+        self.journal: IJournal | None = None
+        self._trimmer: LoopingCall | None = None
+
+    def _open_journal(self) -> IJournal:
+        if self.config.db == ":memory:":
+            return MemoryJournal(retention=self.config.retention)
+        return SQLiteJournal(
+            self.config.db, self.reactor, self.config.retention, self.config.synchronous
+        )
+
+    @defer.inlineCallbacks
+    def start(self) -> Any:
+        """Open the journal and listen; fails with JournalError or CannotListenError."""
+        config = self.config
+        journal = self.journal = self._open_journal()
+        self.hub = Hub(journal, page_size=config.page_size, max_pending=config.max_pending)
+        self.ingest_stats = IngestStats()
+        self.site = build_site(
+            hub=self.hub,
+            journal=journal,
+            tokens=MasterTokens(config.tokens),
+            clock=self.reactor,
+            max_body=config.max_body,
+            ingest_stats=self.ingest_stats,
+            journal_bytes=getattr(journal, "size_bytes", lambda: 0),
+        )
+        self._connections = _TrackingFactory(self.site)
+        try:
+            endpoint = serverFromString(self.reactor, config.listen)
+            self.port = yield endpoint.listen(self._connections)
+        except BaseException:
+            yield journal.close()
+            raise
+        self._trimmer = LoopingCall(journal.trim)
+        self._trimmer.clock = self.reactor
+        self._trimmer.start(config.trim_interval, now=True).addErrback(
+            lambda f: self.log.failure("retention failed", f)
+        )
+        self.log.info(
+            "firehose listening on {url} (journal {db}, epoch {epoch}, {n} events, masters: {masters})",
+            url=self.url,
+            db=config.db,
+            epoch=journal.epoch,
+            n=journal.head - journal.earliest + 1,
+            masters=", ".join(sorted(config.tokens)) or "none configured",
+        )
+        return self
+
+    @property
+    def url(self) -> str:
+        """``http://host:port`` of the listening port (IPv6 hosts bracketed)."""
+        address = self.port.getHost()
+        host = address.host if ":" not in address.host else f"[{address.host}]"
+        if host in ("0.0.0.0", "[::]"):
+            host = "127.0.0.1"
+        return f"http://{host}:{address.port}"
+
+    @defer.inlineCallbacks
+    def stop(self) -> Any:
+        """Stop listening, close client connections, then close the journal (pending writes finish)."""
+        if self._trimmer is not None and self._trimmer.running:
+            self._trimmer.stop()
+        if self.port is not None:
+            yield self.port.stopListening()
+            self.port = None
+        for sub in list(self.hub.subscriptions):
+            sub.close()
+        yield self._connections.close_all()
+        if self.journal is not None:
+            yield self.journal.close()
+            self.journal = None
+
+
+class _TrackingFactory(WrappingFactory):
+    """Knows every open connection, so ``stop`` can close long-lived streams too."""
+
+    noisy = False
+
+    def __init__(self, wrapped: Any) -> None:
+        super().__init__(wrapped)
+        self._waiting: list[defer.Deferred[None]] = []
+
+    def unregisterProtocol(self, p: Any) -> None:
+        super().unregisterProtocol(p)
+        if not self.protocols:
+            waiting, self._waiting = self._waiting, []
+            for d in waiting:
+                d.callback(None)
+
+    def close_all(self) -> defer.Deferred[None]:
+        if not self.protocols:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._waiting.append(d)
+        for p in list(self.protocols):
+            p.transport.abortConnection()
+        return d

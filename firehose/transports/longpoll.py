@@ -1,0 +1,119 @@
+"""``GET /poll``: long-poll HTTP.  Answers at once when events follow ``since``, else waits.
+
+A poll is a subscription that ends with its first delivery: the hub's replay/live seam applies
+to it unchanged, so successive polls that pass each answer's ``cursor`` as the next ``since``
+see every matching event exactly once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from firehose._http import allow_cors, error_body, number_arg, query_args, single
+from firehose.cursor import CursorError
+from firehose.event import Event, dumps
+from firehose.filters import FilterError, parse_query
+from firehose.hub import Hub, Subscription
+
+RESERVED = ("since", "timeout", "limit")
+
+
+class _PollSink:
+    def __init__(self, request: Request, limit: int) -> None:
+        self.request = request
+        self.limit = limit
+        self.subscription: Subscription | None = None
+        self.timer: IDelayedCall | None = None
+        self.done = False
+
+    def send(self, events: list[Event]) -> None:
+        sub = self.subscription
+        assert sub is not None
+        if len(events) > self.limit:
+            events = events[: self.limit]
+            cursor = events[-1].cursor
+        else:
+            cursor = sub.cursor
+        body = b'{"events":[' + b",".join(e.encoded for e in events) + b'],"cursor":' + dumps(cursor) + b"}\n"
+        self.answer(body)
+
+    def gap(self, gap: dict[str, Any], final: bool) -> None:
+        self.answer(dumps({"events": [], "gap": gap, "cursor": gap["cursor"]}) + b"\n")
+
+    def timeout(self) -> None:
+        self.timer = None
+        assert self.subscription is not None
+        self.answer(dumps({"events": [], "cursor": self.subscription.cursor}) + b"\n")
+
+    def answer(self, body: bytes) -> None:
+        if self.done:
+            return
+        self.cleanup()
+        self.request.setHeader(b"content-type", b"application/json")
+        self.request.write(body)
+        self.request.finish()
+
+    def cleanup(self, _: object = None) -> None:
+        self.done = True
+        if self.subscription is not None:
+            self.subscription.close()
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+
+
+class PollResource(Resource):
+    """Long-poll endpoint.
+
+    :param default_timeout: seconds to hold a request when ``timeout`` is not given.
+    """
+
+    isLeaf = True
+
+    def __init__(
+        self,
+        hub: Hub,
+        clock: IReactorTime,
+        default_timeout: float = 30.0,
+        max_timeout: float = 300.0,
+        max_limit: int = 1000,
+    ) -> None:
+        super().__init__()
+        self.hub = hub
+        self.clock = clock
+        self.default_timeout = default_timeout
+        self.max_timeout = max_timeout
+        self.max_limit = max_limit
+
+    def render_OPTIONS(self, request: Request) -> bytes:
+        allow_cors(request)
+        return b""
+
+    def render_GET(self, request: Request) -> bytes | int:
+        allow_cors(request)
+        args = query_args(request)
+        try:
+            since = single(args, "since")
+            timeout = number_arg(args, "timeout", self.default_timeout, 0, self.max_timeout)
+            limit = int(number_arg(args, "limit", 100, 1, self.max_limit))
+            flt = parse_query(args, RESERVED)
+        except FilterError as exc:
+            return error_body(request, 400, "bad_filter", str(exc))
+        except ValueError as exc:
+            return error_body(request, 400, "bad_request", str(exc))
+        sink = _PollSink(request, limit)
+        try:
+            sub = self.hub.subscribe(sink, flt, since, "longpoll", page_size=limit)
+        except CursorError as exc:
+            return error_body(request, 400, "bad_cursor", str(exc))
+        sink.subscription = sub
+        request.setHeader(b"cache-control", b"no-store")
+        request.notifyFinish().addBoth(sink.cleanup)
+        sub.start()
+        if not sink.done:
+            sink.timer = self.clock.callLater(timeout, sink.timeout)
+        return NOT_DONE_YET

@@ -1,0 +1,111 @@
+"""``GET /sse``: Server-Sent Events.  ``id:`` is the cursor, ``event:`` the type.
+
+A browser's ``EventSource`` reconnects by itself with ``Last-Event-ID``, so resuming needs no
+code in the page.  A subscriber too slow to keep up gets an ``event: gap`` whose ``id:`` is its
+resume cursor, and the stream ends: the reconnect then replays from the journal at the reader's
+own pace.  Comment lines every ``heartbeat`` seconds keep proxies from closing a quiet stream.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from firehose._http import allow_cors, error_body, query_args, single
+from firehose.cursor import CursorError
+from firehose.event import Event, dumps
+from firehose.filters import FilterError, parse_query
+from firehose.hub import Hub, Subscription
+from firehose.transports import SubscriptionProducer
+
+RESERVED = ("since",)
+
+
+def sse_frame(event: Event) -> bytes:
+    """The event as one SSE message, made once per event and shared by every SSE subscriber."""
+    frame = event.sse_frame
+    if frame is None:
+        frame = event.sse_frame = (
+            b"id: " + event.cursor.encode() + b"\nevent: " + event.type.encode()
+            + b"\ndata: " + event.encoded + b"\n\n"
+        )
+    return frame
+
+
+class _SSESink:
+    def __init__(self, request: Request) -> None:
+        self.request = request
+        self.subscription: Subscription | None = None
+        self.open = True
+
+    def send(self, events: list[Event]) -> None:
+        if self.open:
+            self.request.write(b"".join(sse_frame(e) for e in events))
+
+    def gap(self, gap: dict[str, Any], final: bool) -> None:
+        if not self.open:
+            return
+        self.request.write(
+            b"id: " + gap["cursor"].encode() + b"\nevent: gap\ndata: " + dumps(gap) + b"\n\n"
+        )
+        if final:
+            self.open = False
+            self.request.unregisterProducer()
+            self.request.finish()
+
+
+class SSEResource(Resource):
+    isLeaf = True
+
+    def __init__(self, hub: Hub, clock: IReactorTime, heartbeat: float = 15.0) -> None:
+        super().__init__()
+        self.hub = hub
+        self.clock = clock
+        self.heartbeat = heartbeat
+
+    def render_OPTIONS(self, request: Request) -> bytes:
+        allow_cors(request)
+        return b""
+
+    def render_GET(self, request: Request) -> bytes | int:
+        allow_cors(request)
+        args = query_args(request)
+        try:
+            header = request.getHeader(b"last-event-id")
+            since = header.decode("utf-8", "replace").strip() if header else single(args, "since")
+            flt = parse_query(args, RESERVED)
+        except FilterError as exc:
+            return error_body(request, 400, "bad_filter", str(exc))
+        except ValueError as exc:
+            return error_body(request, 400, "bad_request", str(exc))
+        sink = _SSESink(request)
+        try:
+            sub = self.hub.subscribe(sink, flt, since, "sse")
+        except CursorError as exc:
+            return error_body(request, 400, "bad_cursor", str(exc))
+        sink.subscription = sub
+        transport = request.channel.transport
+        if hasattr(transport, "setTcpNoDelay"):
+            transport.setTcpNoDelay(True)  # a lone event must not wait for Nagle
+        request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-cache")
+        request.setHeader(b"x-accel-buffering", b"no")
+        request.write(b"retry: 2000\n: subscribed at " + self.hub.head_cursor.encode() + b"\n\n")
+        request.registerProducer(SubscriptionProducer(sub), True)
+        beat = LoopingCall(lambda: sink.open and request.write(b": keepalive\n\n"))
+        beat.clock = self.clock
+        beat.start(self.heartbeat, now=False)
+
+        def gone(_: object) -> None:
+            sink.open = False
+            sub.close()
+            if beat.running:
+                beat.stop()
+
+        request.notifyFinish().addBoth(gone)
+        sub.start()
+        return NOT_DONE_YET

@@ -1,0 +1,128 @@
+"""The HTTP site: which resource answers which path, and the site-wide body limit."""
+
+from __future__ import annotations
+
+import importlib.resources
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+from twisted.web.static import File
+
+from firehose import __version__
+from firehose._http import allow_cors, json_body
+from firehose.hub import Hub
+from firehose.ingest import IngestResource, IngestStats, MasterTokens
+from firehose.journal import IJournal
+from firehose.metrics import FirehoseCollector, MetricsResource
+from firehose.schema import BATCH_SCHEMA, DELIVERED_SCHEMA
+from firehose.transports.longpoll import PollResource
+from firehose.transports.sse import SSEResource
+from firehose.transports.websocket import websocket_resource
+
+
+class _JSONResource(Resource):
+    """A GET answered with a JSON document computed at request time."""
+
+    isLeaf = True
+
+    def __init__(self, make: Any) -> None:
+        super().__init__()
+        self.make = make
+
+    def render_GET(self, request: Request) -> bytes:
+        allow_cors(request)
+        return json_body(request, 200, self.make())
+
+
+class _Root(Resource):
+    def __init__(self, static: Resource) -> None:
+        super().__init__()
+        self.static = static
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        if path == b"":
+            return self.static.getChild(b"index.html", request)
+        return self.static.getChild(path, request)
+
+
+class LimitedRequest(Request):
+    """A request whose body is discarded, and flagged, past the site's ``max_body`` bytes.
+
+    twisted.web would otherwise buffer a body of any size before the resource sees it.
+    """
+
+    body_too_large = False
+    _received = 0
+
+    def gotLength(self, length: int | None) -> None:
+        limit = self.channel.site.max_body
+        if length is not None and length > limit:
+            self.body_too_large = True
+            length = 0
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.body_too_large:
+            return
+        self._received += len(data)
+        if self._received > self.channel.site.max_body:
+            self.body_too_large = True
+            self.content.seek(0)
+            self.content.truncate()
+            return
+        super().handleContentChunk(data)
+
+
+class FirehoseSite(Site):
+    requestFactory = LimitedRequest
+    noisy = False
+
+    def __init__(self, resource: Resource, max_body: int) -> None:
+        super().__init__(resource)
+        self.max_body = max_body
+
+    def log(self, request: Request) -> None:
+        """No access log: ingest and polls would drown what matters."""
+
+
+def build_site(
+    *,
+    hub: Hub,
+    journal: IJournal,
+    tokens: MasterTokens,
+    clock: IReactorTime,
+    max_body: int = 1024 * 1024,
+    ingest_stats: IngestStats | None = None,
+    journal_bytes: Any = lambda: 0,
+    health: Any = None,
+) -> FirehoseSite:
+    """Assemble every endpoint into one site."""
+    ingest_stats = ingest_stats or IngestStats()
+    static = File(str(importlib.resources.files("firehose") / "static"))
+    static.indexNames = ["index.html"]
+    root = _Root(static)
+    root.putChild(b"ingest", IngestResource(journal, tokens, max_body, ingest_stats))
+    root.putChild(b"ws", websocket_resource(hub))
+    root.putChild(b"sse", SSEResource(hub, clock))
+    root.putChild(b"poll", PollResource(hub, clock))
+    root.putChild(b"schema", _JSONResource(lambda: {"batch": BATCH_SCHEMA, "event": DELIVERED_SCHEMA}))
+    root.putChild(b"health", _JSONResource(health or (lambda: _health(hub, journal))))
+    root.putChild(
+        b"metrics", MetricsResource(FirehoseCollector(hub, journal, ingest_stats, journal_bytes))
+    )
+    return FirehoseSite(root, max_body)
+
+
+def _health(hub: Hub, journal: IJournal) -> dict[str, Any]:
+    return {
+        "status": "ok",
+        "version": __version__,
+        "epoch": journal.epoch,
+        "cursor": hub.head_cursor,
+        "earliest": hub.cursor(journal.earliest - 1),
+        "subscribers": dict(hub.stats.subscribers),
+        "masters": {m: {"incarnation": i, "last_seq": s} for m, (i, s) in journal.last_seqs().items()},
+    }
+

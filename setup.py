@@ -1,0 +1,44 @@
+"""Packaging for firehose: the server (``firehose``) and the Buildbot plugin (``buildbot_plugin``)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="buildbot-firehose",
+    version="0.1.0",
+    description="A live, resumable event firehose for Buildbot masters",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["firehose", "firehose.*", "buildbot_plugin", "buildbot_plugin.*"]),
+    package_data={"firehose": ["static/*", "py.typed"]},
+    install_requires=[
+        "twisted>=24.7",
+        "autobahn>=24.4",
+        "simplejson>=3.19",
+        "fastjsonschema>=2.19",
+        "prometheus-client>=0.20",
+        "treq>=24.9",
+    ],
+    extras_require={
+        # The plugin runs inside a Buildbot master; the server never needs Buildbot.
+        "plugin": ["buildbot>=4.0"],
+        "test": [
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "websockets>=13",
+            "buildbot==4.3.0",
+            "buildbot-worker==4.3.0",
+            "ruff",
+            "mypy",
+        ],
+    },
+    entry_points={
+        "console_scripts": ["firehose = firehose.cli:main"],
+        "buildbot.reporters": ["FirehoseReporter = buildbot_plugin.reporter:FirehoseReporter"],
+    },
+    classifiers=[
+        "Framework :: Twisted",
+        "Programming Language :: Python :: 3",
+        "Topic :: Software Development :: Build Tools",
+    ],
+)
