@@ -30,6 +30,7 @@ setup(
             "buildbot-worker==4.3.0",
             "ruff",
             "mypy",
+            "mypy-zope",
         ],
     },
     entry_points={

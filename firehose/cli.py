@@ -6,14 +6,21 @@ Exit codes: 0 clean stop, 1 runtime failure (port busy, journal unusable), 2 bad
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from firehose import __version__
 from firehose.journal import Retention
-from firehose.service import DEFAULT_LISTEN, TOKENS_ENV, Config, ConfigError, load_config_file, parse_token, tokens_from_env
+from firehose.service import (
+    DEFAULT_LISTEN,
+    TOKENS_ENV,
+    Config,
+    ConfigError,
+    load_config_file,
+    parse_token,
+    tokens_from_env,
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -105,7 +112,6 @@ def _serve(config: Config) -> int:
         d.addCallbacks(started, failed)
 
     reactor.callWhenRunning(start)
-    signal.signal(signal.SIGTERM, lambda *_: reactor.callFromThread(reactor.stop))
     reactor.run()
     return int(outcome["code"])
 

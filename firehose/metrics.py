@@ -87,7 +87,7 @@ class MetricsResource(Resource):
     def __init__(self, collector: FirehoseCollector) -> None:
         super().__init__()
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(collector)  # type: ignore[arg-type]
+        self.registry.register(collector)
 
     def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())

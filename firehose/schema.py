@@ -195,7 +195,7 @@ def validate_batch(batch: Any) -> list[dict[str, Any]]:
         _validate_batch(batch)
     except fastjsonschema.JsonSchemaValueException as exc:
         raise SchemaError(_describe(exc)) from None
-    return batch  # type: ignore[no-any-return]
+    return batch
 
 
 def validate_event(event: Any) -> dict[str, Any]:
@@ -204,7 +204,7 @@ def validate_event(event: Any) -> dict[str, Any]:
         _validate_event(event)
     except fastjsonschema.JsonSchemaValueException as exc:
         raise SchemaError(_describe(exc)) from None
-    return event  # type: ignore[no-any-return]
+    return event
 
 
 def _describe(exc: fastjsonschema.JsonSchemaValueException) -> str:

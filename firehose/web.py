@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.resources
+import io
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
@@ -56,8 +57,11 @@ class LimitedRequest(Request):
     body_too_large = False
     _received = 0
 
+    def _limit(self) -> int:
+        return int(getattr(self.channel, "site").max_body)  # noqa: B009 (set by Site)
+
     def gotLength(self, length: int | None) -> None:
-        limit = self.channel.site.max_body
+        limit = self._limit()
         if length is not None and length > limit:
             self.body_too_large = True
             length = 0
@@ -67,10 +71,9 @@ class LimitedRequest(Request):
         if self.body_too_large:
             return
         self._received += len(data)
-        if self._received > self.channel.site.max_body:
+        if self._received > self._limit():
             self.body_too_large = True
-            self.content.seek(0)
-            self.content.truncate()
+            self.content = io.BytesIO()
             return
         super().handleContentChunk(data)
 
@@ -83,7 +86,7 @@ class FirehoseSite(Site):
         super().__init__(resource)
         self.max_body = max_body
 
-    def log(self, request: Request) -> None:
+    def log(self, request: Any) -> None:
         """No access log: ingest and polls would drown what matters."""
 
 

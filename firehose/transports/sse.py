@@ -88,7 +88,7 @@ class SSEResource(Resource):
         except CursorError as exc:
             return error_body(request, 400, "bad_cursor", str(exc))
         sink.subscription = sub
-        transport = request.channel.transport
+        transport: Any = request.channel.transport
         if hasattr(transport, "setTcpNoDelay"):
             transport.setTcpNoDelay(True)  # a lone event must not wait for Nagle
         request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")

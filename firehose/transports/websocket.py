@@ -17,6 +17,7 @@ from typing import Any
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionRequest
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -42,13 +43,14 @@ class FirehoseWebSocket(WebSocketServerProtocol):
     def onOpen(self) -> None:
         # autobahn 26 never applies its own tcpNoDelay option: without this, Nagle plus delayed
         # ACKs add ~40 ms to a lone event.
-        if hasattr(self.transport, "setTcpNoDelay"):
-            self.transport.setTcpNoDelay(True)
+        transport: Any = self.transport
+        if hasattr(transport, "setTcpNoDelay"):
+            transport.setTcpNoDelay(True)
         # The HTTP channel that served the upgrade is still the socket's producer; take its place
         # so the subscription hears when the socket's buffer fills.
-        self.transport.unregisterProducer()
+        transport.unregisterProducer()
         self._producer = SubscriptionProducer()
-        self.transport.registerProducer(self._producer, True)
+        transport.registerProducer(self._producer, True)
         self.factory.connections += 1
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
@@ -123,7 +125,7 @@ class FirehoseWebSocket(WebSocketServerProtocol):
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self._end_subscription()
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._producer is not None:
             self.factory.connections -= 1
             self._producer = None
@@ -132,7 +134,7 @@ class FirehoseWebSocket(WebSocketServerProtocol):
 
 
 class FirehoseWebSocketFactory(WebSocketServerFactory):
-    protocol = FirehoseWebSocket
+    protocol = FirehoseWebSocket  # type: ignore[assignment]
 
     def __init__(self, hub: Hub, max_message: int = 64 * 1024, ping_interval: float = 30.0):
         super().__init__()

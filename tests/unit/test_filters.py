@@ -1,0 +1,96 @@
+"""Filters and cursors: parsing, matching, and the errors a user sees."""
+
+from __future__ import annotations
+
+import pytest
+
+from firehose.cursor import CursorError, parse_cursor
+from firehose.event import Event
+from firehose.filters import FilterError, parse_json, parse_query
+
+
+def event(type: str = "build.finished", **data: object) -> Event:
+    base = {"buildid": 1, "number": 1, "builder": "linux-x64"}
+    base.update(data)
+    return Event.build(1, "e:1", type=type, master="m1", incarnation="i", seq=1, time=1.0, data=base)
+
+
+def test_glob_and_alternatives() -> None:
+    """``*`` globs, commas mean any of, and every field must match."""
+    flt = parse_query({"builder": ["mac*,linux-*"], "type": ["build.*"]})
+    assert flt.matches(event())
+    assert not flt.matches(event(type="step.finished", stepid=1, name="x"))
+    assert not flt.matches(event(builder="win64"))
+
+
+def test_glob_is_anchored_and_literal_otherwise() -> None:
+    """A pattern matches the whole value, and regex characters in it are literal."""
+    assert not parse_query({"builder": ["linux"]}).matches(event())
+    assert parse_query({"builder": ["*x64"]}).matches(event())
+    assert not parse_query({"builder": ["linux.x64"]}).matches(event())
+
+
+def test_repeated_field_means_any_of() -> None:
+    """``?builder=a&builder=b`` is the same as ``builder=a,b``."""
+    assert parse_query({"builder": ["win", "linux-x64"]}).matches(event())
+
+
+def test_result_matches_name_and_code() -> None:
+    """``result`` matches the result name and the numeric code."""
+    e = event(result="failure", results=2)
+    assert parse_query({"result": ["failure"]}).matches(e)
+    assert parse_query({"result": ["2"]}).matches(e)
+    assert not parse_query({"result": ["success,0"]}).matches(e)
+
+
+def test_property_filter() -> None:
+    """``prop.<name>`` matches a build property's value; absent properties never match."""
+    e = event(properties={"got_revision": "abc123", "owner": "alice"})
+    assert parse_json({"prop.owner": "ali*"}).matches(e)
+    assert not parse_json({"prop.missing": "*"}).matches(e)
+
+
+def test_missing_field_never_matches() -> None:
+    """An event without the field does not match, even with ``*``."""
+    assert not parse_query({"branch": ["*"]}).matches(event())
+
+
+def test_list_values_match_any_item() -> None:
+    """A list value (say a buildset's branches) matches if any item does."""
+    assert parse_query({"branch": ["release"]}).matches(event(branch=["main", "release"]))
+
+
+def test_reserved_arguments_are_ignored() -> None:
+    """Transport arguments such as ``since`` are not filter fields."""
+    assert parse_query({"since": ["x"], "builder": ["*"]}, reserved=("since",)).as_dict() == {"builder": ["*"]}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ({"bulder": ["x"]}, "unknown filter field 'bulder'"),
+        ({"builder": [""]}, "empty pattern"),
+        ({"builder": ["a,,b"]}, "empty pattern"),
+        ({"prop.": ["x"]}, "unknown filter field"),
+    ],
+)
+def test_bad_query_filters_are_errors(args: dict[str, list[str]], message: str) -> None:
+    """Malformed filters raise with a message naming the problem."""
+    with pytest.raises(FilterError, match=message):
+        parse_query(args)
+
+
+@pytest.mark.parametrize("obj", [[], "builder", {"builder": 3}, {"builder": []}, {"builder": [1]}])
+def test_bad_json_filters_are_errors(obj: object) -> None:
+    """A JSON filter must be an object of strings or non-empty string lists."""
+    with pytest.raises(FilterError):
+        parse_json(obj)
+
+
+def test_cursor_round_trip_and_errors() -> None:
+    """Cursors parse to (epoch, offset); anything else is a CursorError."""
+    assert tuple(parse_cursor("ab12:42")) == ("ab12", 42)
+    assert str(parse_cursor("ab12:42")) == "ab12:42"
+    for bad in ["", "42", "ab:", ":1", "AB:1", "ab:-1", "ab:1:2"]:
+        with pytest.raises(CursorError):
+            parse_cursor(bad)

@@ -1,0 +1,186 @@
+"""The hub: replay, live fan-out, the seam between them, gaps and slow subscribers."""
+
+from __future__ import annotations
+
+from twisted.internet import defer
+from twisted.trial.unittest import SynchronousTestCase
+
+from firehose.cursor import CursorError
+from firehose.filters import Filter, parse_json
+from firehose.hub import Hub
+from firehose.journal import MemoryJournal, Retention
+from tests.unit.helpers import RecordingSink, batch
+
+
+class HubTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.journal = MemoryJournal(epoch="e1")
+        self.hub = Hub(self.journal, page_size=10, max_pending=20)
+
+    def append(self, first: int, last: int, **kw: object) -> None:
+        self.successResultOf(self.journal.append(batch(first, last, **kw)))
+
+    def subscribe(self, since: str | None = None, flt: Filter | None = None) -> tuple[RecordingSink, object]:
+        sink = RecordingSink()
+        sub = self.hub.subscribe(sink, flt or Filter.everything(), since, "test")
+        sub.start()
+        return sink, sub
+
+    def test_live_only_by_default(self) -> None:
+        """Without ``since`` a subscriber gets only events published after it subscribed."""
+        self.append(1, 5)
+        sink, _ = self.subscribe()
+        self.append(6, 8)
+        self.assertEqual(sink.seqs, [6, 7, 8])
+
+    def test_replay_from_earliest_then_live(self) -> None:
+        """``since=earliest`` replays every retained event across pages, then continues live."""
+        self.append(1, 35)
+        sink, sub = self.subscribe("earliest")
+        self.append(36, 40)
+        self.assertEqual(sink.seqs, list(range(1, 41)))
+        self.assertTrue(sub.live)
+
+    def test_resume_from_cursor_exactly_once(self) -> None:
+        """A cursor resumes after the event it names: nothing before it, nothing twice."""
+        self.append(1, 12)
+        sink, _ = self.subscribe("e1:7")
+        self.append(13, 14)
+        self.assertEqual(sink.seqs, list(range(8, 15)))
+
+    def test_seam_events_published_during_replay_delivered_once(self) -> None:
+        """Events published while the last replay page is being read arrive once, in order."""
+        self.append(1, 25)
+        journal = self.journal
+        real_read = journal.read
+        reads: list[defer.Deferred] = []
+
+        def slow_read(after: int, limit: int) -> defer.Deferred:
+            d: defer.Deferred = defer.Deferred()
+            reads.append(d)
+            d.addCallback(lambda _: self.successResultOf(real_read(after, limit)))
+            return d
+
+        journal.read = slow_read  # type: ignore[method-assign]
+        sink, sub = self.subscribe("e1:0")
+        for _ in range(10):  # bounded: 25 events in pages of 10 take 3 reads
+            if not reads:
+                break
+            d = reads.pop(0)
+            # Publish while this read is in flight: these may land both in the page and live.
+            self.append(journal.head + 1, journal.head + 2)
+            d.callback(None)
+        self.assertTrue(sub.live)
+        self.append(journal.head + 1, journal.head + 3)
+        self.assertEqual(sink.offsets, list(range(1, journal.head + 1)))
+
+    def test_filter_applies_to_replay_and_live(self) -> None:
+        """Only matching events are delivered, from the journal and live alike."""
+        self.append(1, 4, builder="linux")
+        self.append(5, 6, builder="mac")
+        sink, _ = self.subscribe("earliest", parse_json({"builder": "mac*"}))
+        self.append(7, 8, builder="linux")
+        self.append(9, 9, builder="macos")
+        self.assertEqual(sink.seqs, [5, 6, 9])
+
+    def test_other_epoch_gets_gap_then_everything(self) -> None:
+        """A cursor from another journal gets an ``epoch`` gap, then all retained events."""
+        self.append(1, 3)
+        sink, _ = self.subscribe("other:2")
+        self.assertEqual(len(sink.gaps), 1)
+        gap, final = sink.gaps[0]
+        self.assertEqual((gap["type"], gap["reason"], gap["cursor"], final), ("gap", "epoch", "e1:0", False))
+        self.assertEqual(sink.seqs, [1, 2, 3])
+
+    def test_expired_cursor_gets_gap_with_earliest(self) -> None:
+        """A cursor older than retention gets an ``expired`` gap naming where the stream resumes."""
+        self.journal = MemoryJournal(epoch="e1", retention=Retention(max_age=None, max_events=5))
+        self.hub = Hub(self.journal, page_size=10, max_pending=20)
+        self.append(1, 12)
+        self.successResultOf(self.journal.trim())
+        sink, _ = self.subscribe("e1:2")
+        gap, _ = sink.gaps[0]
+        self.assertEqual((gap["reason"], gap["cursor"], gap["earliest"]), ("expired", "e1:7", "e1:7"))
+        self.assertEqual(sink.seqs, [8, 9, 10, 11, 12])
+
+    def test_cursor_ahead_of_stream_is_an_error(self) -> None:
+        """A cursor past the newest event cannot be honoured and says so."""
+        self.append(1, 2)
+        with self.assertRaises(CursorError):
+            self.hub.subscribe(RecordingSink(), Filter.everything(), "e1:99", "test")
+
+    def test_malformed_cursor_is_an_error(self) -> None:
+        """A string that is not a cursor raises instead of meaning 'from the start'."""
+        with self.assertRaises(CursorError):
+            self.hub.subscribe(RecordingSink(), Filter.everything(), "yesterday", "test")
+
+    def test_paused_subscriber_gets_queued_events_on_resume(self) -> None:
+        """While its socket is full a subscriber queues events, and gets them all when it drains."""
+        sink, sub = self.subscribe()
+        sub.pause()
+        self.append(1, 15)
+        self.assertEqual(sink.seqs, [])
+        sub.resume()
+        self.assertEqual(sink.seqs, list(range(1, 16)))
+
+    def test_slow_subscriber_ends_with_gap_and_others_unaffected(self) -> None:
+        """Past ``max_pending`` queued events a subscriber ends with a ``slow`` gap naming the
+        cursor of the last event it was given; another subscriber receives everything."""
+        fast, _ = self.subscribe()
+        slow, slow_sub = self.subscribe()
+        self.append(1, 3)
+        slow_sub.pause()
+        self.append(4, 30)
+        self.assertEqual(fast.seqs, list(range(1, 31)))
+        self.assertEqual(slow.seqs, [1, 2, 3])
+        gap, final = slow.gaps[-1]
+        self.assertEqual((gap["reason"], gap["cursor"], final), ("slow", "e1:3", True))
+        self.assertTrue(slow_sub.closed)
+        self.assertEqual(self.hub.stats.slow["test"], 1)
+        # Resuming from the gap's cursor yields the rest with no hole.
+        again, _ = self.subscribe(gap["cursor"])
+        self.assertEqual(again.seqs, list(range(4, 31)))
+
+    def test_paused_replay_waits_for_resume(self) -> None:
+        """A replaying subscriber whose socket is full stops reading pages until it drains."""
+        self.append(1, 30)
+        sink = RecordingSink()
+        sub = self.hub.subscribe(sink, Filter.everything(), "earliest", "test")
+        sub.pause()
+        sub.start()
+        self.assertEqual(sink.seqs, [])
+        sub.resume()
+        self.assertEqual(sink.seqs, list(range(1, 31)))
+
+    def test_closed_subscription_gets_nothing_and_is_counted_out(self) -> None:
+        """After close, no delivery; the subscriber count goes back down."""
+        sink, sub = self.subscribe()
+        self.assertEqual(self.hub.stats.subscribers["test"], 1)
+        sub.close()
+        sub.close()
+        self.append(1, 3)
+        self.assertEqual(sink.seqs, [])
+        self.assertEqual(self.hub.stats.subscribers["test"], 0)
+
+    def test_live_overflow_during_long_replay_falls_back_to_journal(self) -> None:
+        """Live events piling up while a replay is in flight are dropped from memory and read
+        from the journal instead: nothing lost, memory bounded."""
+        self.append(1, 5)
+        reads: list[defer.Deferred] = []
+        real_read = self.journal.read
+
+        def held_read(after: int, limit: int) -> defer.Deferred:
+            d: defer.Deferred = defer.Deferred()
+            reads.append(d)
+            return d.addCallback(lambda _: self.successResultOf(real_read(after, limit)))
+
+        self.journal.read = held_read  # type: ignore[method-assign]
+        sink, sub = self.subscribe("earliest")
+        self.append(6, 40)  # more than max_pending while the first page is held
+        self.assertLessEqual(len(sub._pending), self.hub.max_pending)
+        for _ in range(20):
+            if not reads:
+                break
+            reads.pop(0).callback(None)
+        self.assertEqual(sink.seqs, list(range(1, 41)))
+        self.assertTrue(sub.live)

@@ -1,0 +1,183 @@
+"""Journals: one shared set of behaviours, run against every implementation of IJournal."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from typing import Any
+
+from twisted.internet import defer
+from twisted.trial.unittest import TestCase
+from zope.interface.verify import verifyObject
+
+from firehose.event import Event
+from firehose.journal import IJournal, JournalError, MemoryJournal, Retention, SQLiteJournal
+from tests.unit.helpers import batch, make_event
+
+
+class JournalContract:
+    """Mixed into a TestCase that defines ``make_journal(retention=None)``."""
+
+    journal: Any
+
+    def make_journal(self, retention: Retention | None = None) -> Any:
+        raise NotImplementedError
+
+    def setUp(self) -> None:
+        self.journal = self.make_journal()
+
+    def tearDown(self) -> Any:
+        return self.journal.close()
+
+    def test_provides_interface(self) -> None:
+        """The implementation provides every attribute and method of IJournal."""
+        self.assertTrue(verifyObject(IJournal, self.journal))
+
+    @defer.inlineCallbacks
+    def test_offsets_are_consecutive_and_ordered(self) -> Any:
+        """Each accepted event gets the next offset, across batches."""
+        r1 = yield self.journal.append(batch(1, 3))
+        r2 = yield self.journal.append(batch(4, 5))
+        self.assertEqual([e.offset for e in r1.accepted + r2.accepted], [1, 2, 3, 4, 5])
+        self.assertEqual(self.journal.head, 5)
+        events = yield self.journal.read(0, 100)
+        self.assertEqual([e.obj["seq"] for e in events], [1, 2, 3, 4, 5])
+        self.assertEqual(events[0].cursor, f"{self.journal.epoch}:1")
+
+    @defer.inlineCallbacks
+    def test_duplicates_dropped_per_master_and_incarnation(self) -> Any:
+        """A resent batch is all duplicates; the same seq from another incarnation or master is new."""
+        yield self.journal.append(batch(1, 3))
+        again = yield self.journal.append(batch(1, 3))
+        self.assertEqual((len(again.accepted), again.duplicates), (0, 3))
+        mixed = yield self.journal.append(batch(3, 4) + batch(1, 1, incarnation="i2") + batch(1, 1, master="m2"))
+        self.assertEqual((len(mixed.accepted), mixed.duplicates), (3, 1))
+        self.assertEqual(self.journal.head, 6)
+
+    @defer.inlineCallbacks
+    def test_concurrent_identical_batches_store_once(self) -> Any:
+        """Two copies of a batch in flight at once (a retry racing the original) store it once."""
+        d1 = self.journal.append(batch(1, 4))
+        d2 = self.journal.append(batch(1, 4))
+        r1, r2 = yield defer.gatherResults([d1, d2])
+        self.assertEqual((len(r1.accepted), len(r2.accepted), r2.duplicates), (4, 0, 4))
+
+    @defer.inlineCallbacks
+    def test_seq_gap_is_counted_and_accepted(self) -> Any:
+        """A seq that skips ahead is accepted (the master may have dropped some) and counted."""
+        yield self.journal.append(batch(1, 2))
+        r = yield self.journal.append([make_event(5)])
+        self.assertEqual((len(r.accepted), r.seq_gaps), (1, 1))
+        self.assertEqual(self.journal.last_seqs(), {"m1": ("i1", 5)})
+
+    @defer.inlineCallbacks
+    def test_listeners_hear_events_before_append_fires(self) -> Any:
+        """Listeners get the durable events in order before the append's answer."""
+        heard: list[int] = []
+        self.journal.listen(lambda events: heard.extend(e.offset for e in events))
+        d = self.journal.append(batch(1, 3))
+        result = yield d
+        self.assertEqual(heard, [1, 2, 3])
+        self.assertEqual(len(result.accepted), 3)
+
+    @defer.inlineCallbacks
+    def test_read_pages(self) -> Any:
+        """``read(after, limit)`` pages through the journal in order."""
+        yield self.journal.append(batch(1, 7))
+        page = yield self.journal.read(2, 3)
+        self.assertEqual([e.offset for e in page], [3, 4, 5])
+        page = yield self.journal.read(7, 3)
+        self.assertEqual(page, [])
+
+    @defer.inlineCallbacks
+    def test_retention_by_count(self) -> Any:
+        """Trimming keeps the newest ``max_events``; ``earliest`` moves up."""
+        yield self.journal.close()
+        self.journal = self.make_journal(Retention(max_age=None, max_events=3))
+        yield self.journal.append(batch(1, 10))
+        removed = yield self.journal.trim()
+        self.assertEqual(removed, 7)
+        self.assertEqual(self.journal.earliest, 8)
+        page = yield self.journal.read(0, 100)
+        self.assertEqual([e.offset for e in page], [8, 9, 10])
+
+    @defer.inlineCallbacks
+    def test_replayed_event_equals_published_event(self) -> Any:
+        """An event read back has the same bytes, type and filter values as when published."""
+        r = yield self.journal.append([make_event(1, branch="main", properties={"x": 1})])
+        (back,) = yield self.journal.read(0, 1)
+        live: Event = r.accepted[0]
+        self.assertEqual((back.encoded, back.type, back.cursor), (live.encoded, live.type, live.cursor))
+        self.assertEqual(back.values("branch"), ("main",))
+        self.assertEqual(back.values("prop.x"), ("1",))
+
+
+class MemoryJournalTests(JournalContract, TestCase):
+    def make_journal(self, retention: Retention | None = None) -> MemoryJournal:
+        return MemoryJournal(epoch="e1", retention=retention)
+
+
+class SQLiteJournalTests(JournalContract, TestCase):
+    def make_journal(self, retention: Retention | None = None) -> SQLiteJournal:
+        self.path = os.path.join(self.mktemp() if not hasattr(self, "path") else os.path.dirname(self.path), "j.sqlite")
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        return SQLiteJournal(self.path, retention=retention or Retention(max_age=None, max_events=None))
+
+    @defer.inlineCallbacks
+    def test_reopen_keeps_events_epoch_and_dedup(self) -> Any:
+        """After a restart the epoch, the events and the dedup state are all still there."""
+        yield self.journal.append(batch(1, 4))
+        epoch = self.journal.epoch
+        yield self.journal.close()
+        self.journal = SQLiteJournal(self.path)
+        self.assertEqual((self.journal.epoch, self.journal.head), (epoch, 4))
+        again = yield self.journal.append(batch(3, 5))
+        self.assertEqual((len(again.accepted), again.duplicates), (1, 2))
+        self.assertEqual(again.accepted[0].offset, 5)
+
+    @defer.inlineCallbacks
+    def test_recreated_database_has_new_epoch(self) -> Any:
+        """Deleting the database makes a new epoch, so old cursors are recognised as foreign."""
+        epoch = self.journal.epoch
+        yield self.journal.close()
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(self.path + suffix):
+                os.remove(self.path + suffix)
+        self.journal = SQLiteJournal(self.path)
+        self.assertNotEqual(self.journal.epoch, epoch)
+
+    @defer.inlineCallbacks
+    def test_offsets_continue_after_everything_trimmed(self) -> Any:
+        """When retention removed every event, new offsets still follow the old head."""
+        yield self.journal.close()
+        self.journal = self.make_journal(Retention(max_age=0.0, max_events=None))
+        yield self.journal.append(batch(1, 3))
+        yield self.journal.trim()
+        yield self.journal.close()
+        self.journal = self.make_journal()
+        self.assertEqual((self.journal.head, self.journal.earliest), (3, 4))
+        r = yield self.journal.append(batch(4, 4))
+        self.assertEqual(r.accepted[0].offset, 4)
+
+    @defer.inlineCallbacks
+    def test_failed_write_acknowledges_nothing_and_changes_nothing(self) -> Any:
+        """If the commit fails, the batch errs, dedup state is untouched and a retry succeeds."""
+        yield self.journal.append(batch(1, 2))
+        real = self.journal._store_sync
+
+        def broken(rows: Any) -> None:
+            raise sqlite3.OperationalError("disk I/O error")
+
+        self.journal._store_sync = broken
+        yield self.assertFailure(self.journal.append(batch(3, 4)), JournalError)
+        self.assertEqual(len(self.flushLoggedErrors(sqlite3.OperationalError)), 1)
+        self.assertEqual(self.journal.head, 2)
+        self.journal._store_sync = real
+        r = yield self.journal.append(batch(3, 4))
+        self.assertEqual([e.offset for e in r.accepted], [3, 4])
+
+    def test_unusable_path_is_a_clear_error(self) -> None:
+        """A database path in a missing directory fails with a message naming the path."""
+        with self.assertRaises(JournalError) as caught:
+            SQLiteJournal("/nonexistent-dir/sub/j.sqlite")
+        self.assertIn("/nonexistent-dir/sub/j.sqlite", str(caught.exception))

@@ -1,0 +1,300 @@
+"""The three transports over in-memory connections: SSE and long-poll through StubTreq, the
+WebSocket through autobahn's own client over Twisted's iosim (no sockets, no global reactor)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from treq.testing import StubTreq
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.test import iosim
+from twisted.trial.unittest import SynchronousTestCase
+
+from firehose.event import dumps, loads
+from firehose.hub import Hub
+from firehose.ingest import MasterTokens
+from firehose.journal import MemoryJournal
+from firehose.transports.websocket import FirehoseWebSocketFactory
+from firehose.web import build_site
+from tests.unit.helpers import batch
+
+
+class _Base(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.journal = MemoryJournal(epoch="e1")
+        self.hub = Hub(self.journal, page_size=10, max_pending=50)
+        site = build_site(hub=self.hub, journal=self.journal, clock=self.clock, tokens=MasterTokens({}))
+        self.client = StubTreq(site.resource)
+
+    def append(self, first: int, last: int, **kw: Any) -> None:
+        self.successResultOf(self.journal.append(batch(first, last, **kw)))
+
+    def tearDown(self) -> None:
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class LongPollTests(_Base):
+    def get(self, query: str) -> Any:
+        return self.client.get("http://firehose.test/poll?" + query)
+
+    def json(self, d: Any) -> tuple[int, Any]:
+        self.client.flush()
+        response = self.successResultOf(d)
+        return response.code, self.successResultOf(response.json())
+
+    def test_answers_at_once_when_events_follow_cursor(self) -> None:
+        """Events after ``since`` come back at once, with the cursor to poll from next."""
+        self.append(1, 3)
+        code, body = self.json(self.get("since=e1:1"))
+        self.assertEqual(code, 200)
+        self.assertEqual([e["seq"] for e in body["events"]], [2, 3])
+        self.assertEqual(body["cursor"], "e1:3")
+
+    def test_waits_for_a_matching_event(self) -> None:
+        """With nothing to return the request is held until a matching event arrives."""
+        self.append(1, 1)
+        d = self.get("since=e1:1&builder=mac")
+        self.assertNoResult(d)
+        self.append(2, 2, builder="linux")
+        self.assertNoResult(d)
+        self.append(3, 3, builder="mac")
+        code, body = self.json(d)
+        self.assertEqual([e["seq"] for e in body["events"]], [3])
+
+    def test_timeout_returns_empty_with_cursor(self) -> None:
+        """After ``timeout`` seconds the answer is empty, with a cursor past what was scanned."""
+        self.append(1, 2)
+        d = self.get("since=e1:2&timeout=5&builder=mac")
+        self.append(3, 4, builder="linux")
+        self.clock.advance(5)
+        code, body = self.json(d)
+        self.assertEqual((code, body), (200, {"events": [], "cursor": "e1:4"}))
+
+    def test_limit_caps_the_answer_and_cursor_follows(self) -> None:
+        """``limit`` caps the events per answer; the cursor names the last one returned."""
+        self.append(1, 8)
+        code, body = self.json(self.get("since=e1:0&limit=3"))
+        self.assertEqual([e["seq"] for e in body["events"]], [1, 2, 3])
+        self.assertEqual(body["cursor"], "e1:3")
+
+    def test_client_going_away_cancels_wait(self) -> None:
+        """A client that disconnects stops its subscription and timer."""
+        d = self.get("timeout=30")
+        self.assertEqual(self.hub.stats.subscribers["longpoll"], 1)
+        d.cancel()
+        self.client.flush()
+        self.failureResultOf(d)
+        self.assertEqual(self.hub.stats.subscribers["longpoll"], 0)
+
+    def test_bad_arguments_are_400s(self) -> None:
+        """Bad filter, cursor, timeout and limit each get a 400 naming the problem."""
+        for query, error in [("nope=1", "bad_filter"), ("since=garbage", "bad_cursor"),
+                             ("timeout=-1", "bad_request"), ("limit=abc", "bad_request"),
+                             ("since=e1:1&since=e1:2", "bad_request")]:
+            code, body = self.json(self.get(query))
+            self.assertEqual((code, body["error"]), (400, error), query)
+
+    def test_other_epoch_gets_gap(self) -> None:
+        """A cursor from another journal answers at once with a gap and where to resume."""
+        self.append(1, 2)
+        code, body = self.json(self.get("since=zz:5"))
+        self.assertEqual(body["gap"]["reason"], "epoch")
+        self.assertEqual(body["cursor"], "e1:0")
+
+
+class _Collector:
+    """Receives a streamed body and can hang up, as a browser closing the page would."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+
+    def makeConnection(self, transport: Any) -> None:
+        self.transport = transport
+
+    def dataReceived(self, data: bytes) -> None:
+        self.chunks.append(data)
+
+    def connectionLost(self, reason: Any) -> None: ...
+
+
+class SSETests(_Base):
+    def open(self, query: str = "", headers: dict[str, list[str]] | None = None) -> Any:
+        d = self.client.get("http://firehose.test/sse?" + query, headers=headers)
+        self.client.flush()
+        response = self.successResultOf(d)
+        self.assertEqual(response.code, 200)
+        self.assertEqual(response.headers.getRawHeaders("content-type"), ["text/event-stream; charset=utf-8"])
+        self.collector = _Collector()
+        response.deliverBody(self.collector)
+        return response
+
+    def messages(self) -> list[dict[str, str]]:
+        self.client.flush()
+        out = []
+        for block in b"".join(self.collector.chunks).decode().split("\n\n"):
+            lines = [line for line in block.splitlines() if line and not line.startswith((":", "retry"))]
+            if lines:
+                out.append(dict(line.split(": ", 1) for line in lines))
+        return out
+
+    def close(self) -> None:
+        self.collector.transport.stopProducing()
+        self.client.flush()
+        self.assertEqual(self.hub.stats.subscribers["sse"], 0)
+
+    def test_events_have_id_event_and_data(self) -> None:
+        """Each event is an SSE message: ``id`` the cursor, ``event`` the type, ``data`` the JSON."""
+        self.open()
+        self.append(1, 2)
+        msgs = self.messages()
+        self.assertEqual([m["id"] for m in msgs], ["e1:1", "e1:2"])
+        self.assertEqual(msgs[0]["event"], "build.started")
+        self.assertEqual(loads(msgs[0]["data"])["id"], "e1:1")
+        self.close()
+
+    def test_resumes_from_last_event_id(self) -> None:
+        """``Last-Event-ID`` (what EventSource sends on reconnect) resumes after that event."""
+        self.append(1, 4)
+        self.open(headers={"Last-Event-ID": ["e1:2"]})
+        self.assertEqual([m["id"] for m in self.messages()], ["e1:3", "e1:4"])
+        self.close()
+
+    def test_heartbeat_comments(self) -> None:
+        """A quiet stream gets a comment line every 15 s so proxies keep it open."""
+        self.open()
+        self.clock.advance(15)
+        self.client.flush()
+        self.assertIn(b": keepalive\n\n", b"".join(self.collector.chunks))
+        self.close()
+
+    def test_slow_reader_gets_gap_with_resume_id_and_stream_ends(self) -> None:
+        """A reader whose socket stays full gets ``event: gap`` whose ``id`` is its resume
+        cursor, then the stream ends so EventSource reconnects from there."""
+        self.open()
+        (sub,) = self.hub.subscriptions
+        sub.pause()  # what the socket's producer does when its buffer is full
+        self.append(1, 60)
+        msgs = self.messages()
+        self.assertEqual(msgs[-1]["event"], "gap")
+        self.assertEqual(loads(msgs[-1]["data"])["reason"], "slow")
+        self.assertEqual(msgs[-1]["id"], "e1:0")
+        self.assertEqual(self.hub.stats.subscribers["sse"], 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_bad_filter_is_a_400_before_streaming(self) -> None:
+        """A malformed filter is an HTTP 400 with a JSON error, not an empty stream."""
+        d = self.client.get("http://firehose.test/sse?builder=")
+        self.client.flush()
+        response = self.successResultOf(d)
+        self.assertEqual(response.code, 400)
+        self.assertEqual(self.successResultOf(response.json())["error"], "bad_filter")
+
+    def test_cors_header(self) -> None:
+        """Pages on other origins may subscribe."""
+        response = self.open()
+        self.assertEqual(response.headers.getRawHeaders("access-control-allow-origin"), ["*"])
+        self.close()
+
+
+class _Client(WebSocketClientProtocol):
+    def onOpen(self) -> None:
+        self.factory.opened = self
+        self.factory.received = []
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.factory.received.append(loads(payload))
+
+
+class WebSocketTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.journal = MemoryJournal(epoch="e1")
+        self.hub = Hub(self.journal, page_size=10, max_pending=50)
+        server_factory = FirehoseWebSocketFactory(self.hub, ping_interval=0)
+        server_factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0)
+        client_factory = WebSocketClientFactory("ws://127.0.0.1/ws")
+        client_factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0)
+        client_factory.protocol = _Client
+        self.client_factory = client_factory
+        addr = IPv4Address("TCP", "127.0.0.1", 80)
+        self.server = server_factory.buildProtocol(addr)
+        client = client_factory.buildProtocol(addr)
+        self.server_transport = iosim.FakeTransport(self.server, isServer=True)
+        self.pump = iosim.connect(
+            self.server, self.server_transport, client, iosim.FakeTransport(client, isServer=False)
+        )
+        self.pump.flush()
+        self.client = client_factory.opened
+
+    def send(self, msg: Any) -> list[dict[str, Any]]:
+        self.client.sendMessage(dumps(msg))
+        return self.flush()
+
+    def flush(self) -> list[dict[str, Any]]:
+        self.pump.flush()
+        received, self.client_factory.received = self.client_factory.received, []
+        return received
+
+    def append(self, first: int, last: int, **kw: Any) -> None:
+        self.successResultOf(self.journal.append(batch(first, last, **kw)))
+
+    def test_subscribe_acknowledged_then_events(self) -> None:
+        """``subscribe`` is acknowledged with the filter and head cursor, then events flow."""
+        self.append(1, 2)
+        acks = self.send({"cmd": "subscribe", "filter": {"builder": "linux"}})
+        self.assertEqual(acks, [{"type": "subscribed", "filter": {"builder": ["linux"]}, "cursor": "e1:2"}])
+        self.append(3, 4)
+        self.assertEqual([m["id"] for m in self.flush()], ["e1:3", "e1:4"])
+
+    def test_since_replays_then_live(self) -> None:
+        """``since`` replays what followed the cursor before live events."""
+        self.append(1, 3)
+        msgs = self.send({"cmd": "subscribe", "since": "e1:1"})
+        self.append(4, 4)
+        msgs += self.flush()
+        self.assertEqual([m.get("id") for m in msgs[1:]], ["e1:2", "e1:3", "e1:4"])
+
+    def test_unsubscribe_and_ping(self) -> None:
+        """``unsubscribe`` stops events; ``ping`` answers ``pong`` with the head cursor."""
+        self.send({"cmd": "subscribe"})
+        self.assertEqual(self.send({"cmd": "unsubscribe"}), [{"type": "unsubscribed"}])
+        self.append(1, 1)
+        self.assertEqual(self.flush(), [])
+        self.assertEqual(self.send({"cmd": "ping"}), [{"type": "pong", "cursor": "e1:1"}])
+
+    def test_errors_keep_the_connection(self) -> None:
+        """Bad commands, filters and cursors are answered with an error and the socket stays up."""
+        for msg, error in [({"cmd": "dance"}, "bad_command"), ([1], "bad_command"),
+                           ({"cmd": "subscribe", "filter": {"nope": "x"}}, "bad_filter"),
+                           ({"cmd": "subscribe", "since": "junk"}, "bad_cursor"),
+                           ({"cmd": "subscribe", "since": 5}, "bad_cursor")]:
+            (answer,) = self.send(msg)
+            self.assertEqual((answer["type"], answer["error"]), ("error", error))
+        self.client.sendMessage(b"{not json")
+        self.assertEqual(self.flush()[0]["error"], "malformed_json")
+        self.assertEqual(self.send({"cmd": "ping"})[0]["type"], "pong")
+
+    def test_full_socket_queues_then_ends_slow_subscriber(self) -> None:
+        """When the socket stops draining the subscription queues, then ends with a slow gap."""
+        self.send({"cmd": "subscribe"})
+        producer = self.server_transport.producer
+        producer.pauseProducing()
+        self.append(1, 60)
+        # Nothing but the gap was written while the socket was full.
+        (gap,) = self.flush()
+        self.assertEqual((gap["type"], gap["reason"], gap["cursor"]), ("gap", "slow", "e1:0"))
+        # The socket is still usable: once it drains, resubscribe from the gap's cursor.
+        producer.resumeProducing()
+        msgs = self.send({"cmd": "subscribe", "since": gap["cursor"]})
+        self.assertEqual(len([m for m in msgs if "id" in m]), 60)
+
+    def test_each_event_is_framed_once(self) -> None:
+        """The prepared frame is cached on the event and shared by every subscriber."""
+        self.send({"cmd": "subscribe"})
+        self.append(1, 1)
+        self.flush()
+        (sub,) = self.hub.subscriptions
+        frame = self.journal._events[0].ws_frame
+        self.assertIsNotNone(frame)
