@@ -1,0 +1,61 @@
+"""Configuration: flags, config file and environment, and the errors a user sees."""
+
+from __future__ import annotations
+
+import pytest
+
+from firehose.cli import _parser, config_from_args, main
+from firehose.service import Config, ConfigError, load_config_file, parse_token, tokens_from_env
+
+
+def config(argv: list[str], environ: dict[str, str] | None = None) -> Config:
+    return config_from_args(_parser().parse_args(["serve", *argv]), environ or {})
+
+
+def test_defaults_are_the_embedded_single_node_setup() -> None:
+    """With no options: loopback port 8080, a local SQLite file, no masters."""
+    c = config([])
+    assert (c.listen, c.db, c.tokens) == ("tcp:8080:interface=127.0.0.1", "firehose.sqlite", {})
+
+
+def test_flags_override_file_override_environment(tmp_path) -> None:
+    """Tokens and settings merge: environment, then file, then flags."""
+    path = tmp_path / "f.toml"
+    path.write_text('db = "file.sqlite"\n[masters]\nm1 = "file"\nm2 = "file"\n[retention]\nmax_age_days = 2\n')
+    c = config(["--config", str(path), "--master-token", "m2=flag", "--retention-events", "5"],
+               {"FIREHOSE_MASTER_TOKENS": "m1=env,m3=env"})
+    assert c.tokens == {"m1": "file", "m2": "flag", "m3": "env"}
+    assert c.db == "file.sqlite"
+    assert (c.retention.max_age, c.retention.max_events) == (2 * 86400, 5)
+
+
+@pytest.mark.parametrize("text", ["m1", "=tok", "m1=", "bad name=tok"])
+def test_bad_tokens_are_config_errors(text: str) -> None:
+    """A token that is not NAME=TOKEN with a safe name is refused with a message."""
+    with pytest.raises(ConfigError):
+        parse_token(text)
+
+
+def test_environment_tokens() -> None:
+    """FIREHOSE_MASTER_TOKENS holds comma-separated NAME=TOKEN pairs."""
+    assert tokens_from_env({"FIREHOSE_MASTER_TOKENS": "a=1, b=2,"}) == {"a": "1", "b": "2"}
+
+
+def test_config_file_errors_name_the_file(tmp_path) -> None:
+    """Unreadable, invalid or misspelt config files are errors naming the file and the key."""
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config_file(str(tmp_path / "missing.toml"), Config())
+    bad = tmp_path / "bad.toml"
+    bad.write_text("listen = \n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config_file(str(bad), Config())
+    typo = tmp_path / "typo.toml"
+    typo.write_text('lisen = "tcp:1"\n')
+    with pytest.raises(ConfigError, match="unknown keys"):
+        load_config_file(str(typo), Config())
+
+
+def test_bad_config_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """The command exits 2 with one clear line for a bad token."""
+    assert main(["serve", "--master-token", "nonsense"]) == 2
+    assert "NAME=TOKEN" in capsys.readouterr().err
