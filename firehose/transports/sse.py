@@ -59,6 +59,9 @@ class _SSESink:
 
 
 class SSEResource(Resource):
+    """The SSE endpoint.  One heartbeat timer serves every open stream, running only while
+    there are streams, so ten thousand quiet readers cost one timer, not ten thousand."""
+
     isLeaf = True
 
     def __init__(self, hub: Hub, clock: IReactorTime, heartbeat: float = 15.0) -> None:
@@ -66,6 +69,14 @@ class SSEResource(Resource):
         self.hub = hub
         self.clock = clock
         self.heartbeat = heartbeat
+        self._streams: dict[_SSESink, None] = {}
+        self._beat = LoopingCall(self._keepalive)
+        self._beat.clock = clock
+
+    def _keepalive(self) -> None:
+        for sink in list(self._streams):
+            if sink.open:
+                sink.request.write(b": keepalive\n\n")
 
     def render_OPTIONS(self, request: Request) -> bytes:
         allow_cors(request)
@@ -96,15 +107,16 @@ class SSEResource(Resource):
         request.setHeader(b"x-accel-buffering", b"no")
         request.write(b"retry: 2000\n: subscribed at " + self.hub.head_cursor.encode() + b"\n\n")
         request.registerProducer(SubscriptionProducer(sub), True)
-        beat = LoopingCall(lambda: sink.open and request.write(b": keepalive\n\n"))
-        beat.clock = self.clock
-        beat.start(self.heartbeat, now=False)
+        self._streams[sink] = None
+        if not self._beat.running:
+            self._beat.start(self.heartbeat, now=False)
 
         def gone(_: object) -> None:
             sink.open = False
             sub.close()
-            if beat.running:
-                beat.stop()
+            self._streams.pop(sink, None)
+            if not self._streams and self._beat.running:
+                self._beat.stop()
 
         request.notifyFinish().addBoth(gone)
         sub.start()
