@@ -139,33 +139,38 @@ class Event:
         return self._obj
 
     def values(self, field: str) -> tuple[str, ...]:
-        """The string values of a filter field for this event (empty when absent).
-
-        ``result`` matches both the name (``failure``) and the code (``2``).  A list value (a
-        buildset's several branches, say) yields each of its items.
-        """
+        """The string values of a filter field for this event, cached (see :func:`field_values`)."""
         cached = self._fields.get(field)
-        if cached is not None:
-            return cached
-        obj = self.obj
-        if field in ("type", "master"):
-            raw: Any = obj.get(field)
-        elif field.startswith("prop."):
-            props = obj["data"].get("properties")
-            raw = props.get(field[5:]) if isinstance(props, dict) else None
-        else:
-            raw = obj["data"].get(field)
-        if field == "result":
-            code = obj["data"].get("results")
-            extra = (str(code),) if isinstance(code, int) else ()
-        else:
-            extra = ()
-        values = _strings(raw) + extra
-        self._fields[field] = values
-        return values
+        if cached is None:
+            obj = self.obj
+            cached = self._fields[field] = field_values(obj, obj["data"], field)
+        return cached
 
     def __repr__(self) -> str:
         return f"<Event {self.cursor} {self.type}>"
+
+
+def field_values(envelope: dict[str, Any], data: dict[str, Any], field: str) -> tuple[str, ...]:
+    """The string values a filter field has for an event (or a record shaped like its data).
+
+    ``type`` and ``master`` are read from the envelope, ``prop.<name>`` from
+    ``data["properties"]``, the rest from ``data``.  ``result`` matches both the name
+    (``failure``) and the code (``2``).  A list value (a buildset's branches, say) yields each
+    of its items; an absent field yields nothing, so it never matches.
+    """
+    if field in ("type", "master"):
+        raw: Any = envelope.get(field)
+    elif field.startswith("prop."):
+        props = data.get("properties")
+        raw = props.get(field[5:]) if isinstance(props, dict) else None
+    else:
+        raw = data.get(field)
+    values = _strings(raw)
+    if field == "result":
+        code = data.get("results")
+        if isinstance(code, int) and not isinstance(code, bool):
+            values += (str(code),)
+    return values
 
 
 def _strings(raw: Any) -> tuple[str, ...]:

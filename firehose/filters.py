@@ -10,13 +10,19 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
-from firehose.event import FILTER_FIELDS, Event
+from firehose.event import FILTER_FIELDS
 
 _PROP = re.compile(r"^prop\.[A-Za-z0-9_.:-]{1,100}$")
 _MAX_PATTERNS = 64
 _MAX_PATTERN_LEN = 256
+
+
+class Filterable(Protocol):
+    """Anything with filter values: an :class:`~firehose.event.Event`, or a state record."""
+
+    def values(self, field: str) -> tuple[str, ...]: ...
 
 
 class FilterError(ValueError):
@@ -64,7 +70,7 @@ class Filter:
     def is_everything(self) -> bool:
         return not self._fields
 
-    def matches(self, event: Event) -> bool:
+    def matches(self, event: Filterable) -> bool:
         for field in self._fields:
             if not field.matches(event.values(field.name)):
                 return False

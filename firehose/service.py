@@ -26,6 +26,7 @@ from firehose.hub import Hub
 from firehose.ingest import IngestStats, MasterTokens
 from firehose.journal import IJournal, MemoryJournal, Retention, SQLiteJournal
 from firehose.schema import MASTER_NAME_PATTERN
+from firehose.state import BuildState
 from firehose.web import build_site
 
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
@@ -136,6 +137,13 @@ class FirehoseServer:
         config = self.config
         journal = self.journal = self._open_journal()
         self.hub = Hub(journal, page_size=config.page_size, max_pending=config.max_pending)
+        self.state = BuildState()
+        try:
+            # Before listening: no event can arrive between the rebuild and following live.
+            yield self.state.rebuild(journal)
+        except BaseException:
+            yield journal.close()
+            raise
         self.ingest_stats = IngestStats()
         self.site = build_site(
             hub=self.hub,
@@ -145,6 +153,7 @@ class FirehoseServer:
             max_body=config.max_body,
             ingest_stats=self.ingest_stats,
             journal_bytes=getattr(journal, "size_bytes", lambda: 0),
+            state=self.state,
         )
         self._connections = _TrackingFactory(self.site)
         try:

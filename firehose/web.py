@@ -13,11 +13,13 @@ from twisted.web.static import File
 
 from firehose import __version__
 from firehose._http import allow_cors, json_body
+from firehose.api import ApiResource
 from firehose.hub import Hub
 from firehose.ingest import IngestResource, IngestStats, MasterTokens
 from firehose.journal import IJournal
 from firehose.metrics import FirehoseCollector, MetricsResource
 from firehose.schema import BATCH_SCHEMA, DELIVERED_SCHEMA
+from firehose.state import BuildState
 from firehose.transports.longpoll import PollResource
 from firehose.transports.sse import SSEResource
 from firehose.transports.websocket import websocket_resource
@@ -100,6 +102,7 @@ def build_site(
     ingest_stats: IngestStats | None = None,
     journal_bytes: Any = lambda: 0,
     health: Any = None,
+    state: BuildState | None = None,
 ) -> FirehoseSite:
     """Assemble every endpoint into one site."""
     ingest_stats = ingest_stats or IngestStats()
@@ -110,6 +113,7 @@ def build_site(
     root.putChild(b"ws", websocket_resource(hub))
     root.putChild(b"sse", SSEResource(hub, clock))
     root.putChild(b"poll", PollResource(hub, clock))
+    root.putChild(b"api", ApiResource(state or BuildState(), hub, clock))
     root.putChild(b"schema", _JSONResource(lambda: {"batch": BATCH_SCHEMA, "event": DELIVERED_SCHEMA}))
     root.putChild(b"health", _JSONResource(health or (lambda: _health(hub, journal))))
     root.putChild(

@@ -43,3 +43,49 @@ class RecordingSink:
     @property
     def offsets(self) -> list[int]:
         return [e.offset for e in self.events]
+
+
+class Scenario:
+    """Plugin-shaped events for one master, numbered as the plugin would number them."""
+
+    def __init__(self, master: str = "m1", incarnation: str = "i1", start: float = 1_700_000_000.0) -> None:
+        self.master, self.incarnation, self.seq, self.now = master, incarnation, 0, start
+        self.events: list[dict[str, Any]] = []
+
+    def emit(self, type: str, data: dict[str, Any], at: float | None = None) -> dict[str, Any]:
+        self.seq += 1
+        if at is not None:
+            self.now = at
+        event = {"master": self.master, "incarnation": self.incarnation, "seq": self.seq,
+                 "type": type, "time": self.now, "data": data}
+        self.events.append(event)
+        return event
+
+    def take(self) -> list[dict[str, Any]]:
+        out, self.events = self.events, []
+        return out
+
+    def request(self, verb: str, brid: int, builder: str, revision: str | None = "r1",
+                branch: str = "main", at: float | None = None, **extra: Any) -> dict[str, Any]:
+        return self.emit(f"request.{verb}", {"buildrequestid": brid, "builder": builder, "buildsetid": brid,
+                                             "branch": branch, "revision": revision,
+                                             "submitted_at": at if verb == "submitted" else None, **extra}, at)
+
+    def build(self, verb: str, buildid: int, builder: str, revision: str | None = "r1",
+              branch: str = "main", result: str | None = None, at: float | None = None,
+              started_at: float | None = None, **extra: Any) -> dict[str, Any]:
+        codes = {"success": 0, "warnings": 1, "failure": 2, "skipped": 3, "exception": 4,
+                 "retry": 5, "cancelled": 6}
+        data = {"buildid": buildid, "number": buildid, "builder": builder, "branch": branch,
+                "revision": revision, "worker": "w1", "buildrequestid": buildid,
+                "started_at": started_at, "result": result,
+                "results": codes[result] if result else None,
+                "complete_at": at if verb == "finished" else None, **extra}
+        return self.emit(f"build.{verb}", data, at)
+
+    def step(self, verb: str, stepid: int, buildid: int, builder: str, name: str, started_at: float,
+             complete_at: float | None = None, **extra: Any) -> dict[str, Any]:
+        data = {"stepid": stepid, "buildid": buildid, "build_number": buildid, "builder": builder,
+                "name": name, "number": stepid, "started_at": started_at, "complete_at": complete_at,
+                "duration": (complete_at - started_at) if complete_at is not None else None, **extra}
+        return self.emit(f"step.{verb}", data, complete_at or started_at)

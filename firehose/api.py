@@ -1,0 +1,335 @@
+"""``/api/...``: questions answered from the materialized :class:`~firehose.state.BuildState`.
+
+Every answer is JSON with CORS and carries ``cursor``: the stream position it reflects.  Take a
+snapshot here, then subscribe with ``since=<cursor>``: nothing is missed, nothing counted twice.
+List endpoints accept the stream's filter fields (``builder=linux*&result=failure``) plus
+``limit``/``offset`` paging.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+
+from firehose._http import allow_cors, error_body, json_body, number_arg, query_args, single
+from firehose.filters import Filter, FilterError, parse_query
+from firehose.hub import Hub
+from firehose.state import BuildRecord, BuildState, RecordView, RequestRecord
+
+_PAGING = ("limit", "offset")
+
+
+class NotFound(Exception):
+    """The path names something the state does not know (a 404)."""
+
+
+class _Name:
+    """Lets a filter on ``builder`` judge a bare builder name."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def values(self, field: str) -> tuple[str, ...]:
+        return (self.name,) if field == "builder" else ()
+
+
+class _Endpoint(Resource):
+    """A GET answered by ``answer(args)``; ValueError/FilterError become 400s naming the problem."""
+
+    isLeaf = True
+    reserved: tuple[str, ...] = _PAGING
+
+    def __init__(self, api: ApiResource) -> None:
+        super().__init__()
+        self.api = api
+
+    def render_OPTIONS(self, request: Request) -> bytes:
+        allow_cors(request)
+        return b""
+
+    def render_GET(self, request: Request) -> bytes:
+        allow_cors(request)
+        args = query_args(request)
+        try:
+            flt = parse_query(args, self.reserved)
+            path = [p.decode("utf-8", "replace") for p in request.postpath or () if p]
+            body = self.answer(args, flt, path)
+        except FilterError as exc:
+            return error_body(request, 400, "bad_filter", str(exc))
+        except NotFound as exc:
+            return error_body(request, 404, "not_found", str(exc.args[0]))
+        except ValueError as exc:
+            return error_body(request, 400, "bad_request", str(exc))
+        body["cursor"] = self.api.cursor
+        return json_body(request, 200, body)
+
+    def answer(self, args: dict[str, list[str]], flt: Filter, path: list[str]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @property
+    def state(self) -> BuildState:
+        return self.api.state
+
+    @property
+    def now(self) -> float:
+        return self.api.clock.seconds()
+
+    def page(self, args: dict[str, list[str]], items: Iterable[Any], key: str,
+             show: Callable[[Any], dict[str, Any]], default: int = 50) -> dict[str, Any]:
+        limit = int(number_arg(args, "limit", default, 1, 500))
+        offset = int(number_arg(args, "offset", 0, 0, 1_000_000))
+        out: list[dict[str, Any]] = []
+        more = False
+        for i, item in enumerate(items):
+            if i < offset:
+                continue
+            if len(out) == limit:
+                more = True
+                break
+            out.append(show(item))
+        return {key: out, "next_offset": offset + limit if more else None}
+
+
+def _build_summary(build: BuildRecord, now: float, steps: bool = False) -> dict[str, Any]:
+    out = {k: v for k, v in build.items() if k not in ("steps", "properties")}
+    if not build["finished"] and build.get("started_at") is not None:
+        out["elapsed"] = max(0.0, now - build["started_at"])
+    ordered = sorted(build["steps"].values(), key=lambda s: (s.get("number") is None, s.get("number") or 0))
+    current = [s for s in ordered if not s.get("finished") and s.get("started_at") is not None]
+    if not build["finished"]:
+        out["current_step"] = dict(current[-1]) if current else None
+    if steps:
+        out["steps"] = [dict(s) for s in ordered]
+        out["properties"] = build["properties"]
+    return out
+
+
+def _request_summary(request: RequestRecord, now: float) -> dict[str, Any]:
+    out = dict(request)
+    submitted = request.get("submitted_at")
+    if request["status"] == "pending" and submitted is not None:
+        out["waited"] = max(0.0, now - submitted)
+    return out
+
+
+class QueueEndpoint(_Endpoint):
+    """``/api/queue``: requests waiting to start, oldest first, with how long each has waited."""
+
+    def answer(self, args: dict[str, list[str]], flt: Filter, path: list[str]) -> dict[str, Any]:
+        now = self.now
+        waiting = [r for r in self.state.queue() if flt.matches(RecordView(r, "request"))]
+        by_builder: dict[str, dict[str, Any]] = {}
+        for r in waiting:
+            entry = by_builder.setdefault(r.get("builder") or "?", {"pending": 0, "oldest_waited": 0.0})
+            entry["pending"] += 1
+            if r.get("submitted_at") is not None:
+                entry["oldest_waited"] = max(entry["oldest_waited"], now - r["submitted_at"])
+        body = self.page(args, waiting, "requests", lambda r: _request_summary(r, now), default=100)
+        body["by_builder"] = by_builder
+        body["total"] = len(waiting)
+        return body
+
+
+class RunningEndpoint(_Endpoint):
+    """``/api/running``: builds in progress with their current step and elapsed time."""
+
+    def answer(self, args: dict[str, list[str]], flt: Filter, path: list[str]) -> dict[str, Any]:
+        now = self.now
+        running = sorted((b for b in self.state.running() if flt.matches(RecordView(b, "build"))),
+                         key=lambda b: b.get("started_at") or 0)
+        body = self.page(args, running, "builds", lambda b: _build_summary(b, now), default=100)
+        body["total"] = len(running)
+        return body
+
+
+class BuildsEndpoint(_Endpoint):
+    """``/api/builds``: finished builds, newest first; ``/api/builds/<master>/<buildid>``: one
+    build (finished or not) with its steps and properties."""
+
+    def answer(self, args: dict[str, list[str]], flt: Filter, path: list[str]) -> dict[str, Any]:
+        now = self.now
+        if path:
+            if len(path) != 2 or not path[1].isdigit():
+                raise NotFound("use /api/builds/<master>/<buildid>")
+            build = self.state.builds.get((path[0], int(path[1])))
+            if build is None:
+                raise NotFound(f"no build {path[1]} of master {path[0]!r} is known")
+            return {"build": _build_summary(build, now, steps=True)}
+        return self.page(args, (b for b in self.state.finished() if flt.matches(RecordView(b, "build"))), "builds",
+                         lambda b: _build_summary(b, now))
+
+
+class BuildersEndpoint(_Endpoint):
+    """``/api/builders``: every builder seen, with its masters, tags and last finished build."""
+
+    def answer(self, args: dict[str, list[str]], flt: Filter, path: list[str]) -> dict[str, Any]:
+        out = []
+        for name in sorted(self.state.builders):
+            if not flt.matches(_Name(name)):
+                continue
+            info = self.state.builders[name]
+            last = self.state.builds.get(info["last"]) if info["last"] else None
+            out.append({
+                "builder": name,
+                "masters": sorted(info["masters"]),
+                "tags": info["tags"],
+                "last_build": _build_summary(last, self.now) if last else None,
+            })
+        return {"builders": out}
+
+
+def _cells(row: dict[str, Any], flt: Filter) -> dict[str, Any]:
+    return {
+        name: {k: v for k, v in cell.items() if not k.startswith("_")}
+        for name, cell in row["builders"].items()
+        if flt.matches(_Name(name))
+    }
+
+
+class RevisionsEndpoint(_Endpoint):
+    """``/api/revisions?branch=B``: the pushlog, newest revision first, each builder's result."""
+
+    reserved = (*_PAGING, "branch")
+
+    def answer(self, args: dict[str, list[str]], flt: Filter, path: list[str]) -> dict[str, Any]:
+        branch = single(args, "branch")
+        if branch is None:
+            return {"branches": list(reversed(self.state.revisions))}
+        rows = self.state.branch_revisions(branch)
+
+        def show(row: dict[str, Any]) -> dict[str, Any]:
+            out = {k: v for k, v in row.items() if k != "builders"}
+            out["builders"] = _cells(row, flt)
+            out["green"] = self.state.is_green(row, lambda n: flt.matches(_Name(n)))
+            return out
+
+        body = self.page(args, rows, "revisions", show)
+        body["branch"] = branch
+        return body
+
+
+class LastGreenEndpoint(_Endpoint):
+    """``/api/lastgreen?branch=B[&builder=GLOB]``: the newest revision whose counted builders all
+    finished with success or warnings, none still pending or running."""
+
+    reserved = ("branch",)
+
+    def answer(self, args: dict[str, list[str]], flt: Filter, path: list[str]) -> dict[str, Any]:
+        branch = single(args, "branch")
+        if branch is None:
+            raise ValueError("'branch' is required")
+        for row in self.state.branch_revisions(branch):
+            if self.state.is_green(row, lambda n: flt.matches(_Name(n))):
+                out = {k: v for k, v in row.items() if k != "builders"}
+                out["builders"] = _cells(row, flt)
+                return {"branch": branch, "revision": out}
+        return {"branch": branch, "revision": None}
+
+
+def _stats(durations: list[float]) -> dict[str, Any]:
+    ordered = sorted(durations)
+
+    def pct(p: float) -> float:
+        return ordered[min(len(ordered) - 1, max(0, math.ceil(p * len(ordered)) - 1))]
+
+    return {
+        "count": len(ordered),
+        "total": sum(ordered),
+        "mean": sum(ordered) / len(ordered),
+        "p50": pct(0.50),
+        "p95": pct(0.95),
+        "max": ordered[-1],
+    }
+
+
+class StepTimingsEndpoint(_Endpoint):
+    """``/api/steps?builder=GLOB&window=SECONDS``: which steps take the most time, per builder:
+    count, total, mean, p50, p95 and max duration over the window, largest total first."""
+
+    reserved = (*_PAGING, "window", "sort")
+
+    def answer(self, args: dict[str, list[str]], flt: Filter, path: list[str]) -> dict[str, Any]:
+        window = number_arg(args, "window", 7 * 86400, 1, 366 * 86400)
+        sort = single(args, "sort") or "total"
+        if sort not in ("total", "mean", "p50", "p95", "max", "count"):
+            raise ValueError("'sort' must be one of total, mean, p50, p95, max, count")
+        since = self.now - window
+        rows = []
+        for (builder, step), samples in self.state.step_samples.items():
+            if not flt.matches(_Name(builder)):
+                continue
+            durations = [d for t, d in samples if t >= since]
+            if durations:
+                rows.append({"builder": builder, "step": step, **_stats(durations)})
+        rows.sort(key=lambda r: r[sort], reverse=True)
+        body = self.page(args, rows, "steps", dict)
+        body["window"] = window
+        return body
+
+
+class TrendEndpoint(_Endpoint):
+    """``/api/trend?builder=NAME&bucket=SECONDS&window=SECONDS``: a builder's build durations
+    over time, bucketed by start time (count, mean, p50, max per bucket), oldest first."""
+
+    reserved = ("bucket", "window")
+
+    def answer(self, args: dict[str, list[str]], flt: Filter, path: list[str]) -> dict[str, Any]:
+        bucket = number_arg(args, "bucket", 3600, 60, 30 * 86400)
+        window = number_arg(args, "window", 7 * 86400, 60, 366 * 86400)
+        since = self.now - window
+        out = []
+        for builder, samples in sorted(self.state.build_samples.items()):
+            if not flt.matches(_Name(builder)):
+                continue
+            buckets: dict[int, list[float]] = {}
+            for started, duration in samples:
+                if started >= since:
+                    buckets.setdefault(int(started // bucket), []).append(duration)
+            series = []
+            for index in sorted(buckets):
+                stats = _stats(buckets[index])
+                series.append({"start": index * bucket, "count": stats["count"], "mean": stats["mean"],
+                               "p50": stats["p50"], "max": stats["max"]})
+            out.append({"builder": builder, "buckets": series})
+        return {"bucket": bucket, "window": window, "builders": out}
+
+
+class MastersEndpoint(_Endpoint):
+    """``/api/masters``: masters seen, their status and last heartbeat; and workers."""
+
+    def answer(self, args: dict[str, list[str]], flt: Filter, path: list[str]) -> dict[str, Any]:
+        return {
+            "masters": [dict(m) for _, m in sorted(self.state.masters.items())],
+            "workers": [dict(w) for _, w in sorted(self.state.workers.items())],
+        }
+
+
+class ApiResource(Resource):
+    """``/api``: one child per question.  Other features mount their own children here."""
+
+    def __init__(self, state: BuildState, hub: Hub, clock: IReactorTime) -> None:
+        super().__init__()
+        self.state = state
+        self.hub = hub
+        self.clock = clock
+        for name, endpoint in [
+            (b"queue", QueueEndpoint), (b"running", RunningEndpoint), (b"builds", BuildsEndpoint),
+            (b"builders", BuildersEndpoint), (b"revisions", RevisionsEndpoint),
+            (b"lastgreen", LastGreenEndpoint), (b"steps", StepTimingsEndpoint),
+            (b"trend", TrendEndpoint), (b"masters", MastersEndpoint),
+        ]:
+            self.putChild(name, endpoint(self))
+
+    @property
+    def cursor(self) -> str:
+        return self.hub.cursor(self.state.offset)
+
+    def render_GET(self, request: Request) -> bytes:
+        allow_cors(request)
+        names = sorted(k.decode() for k in self.children)
+        return json_body(request, 200, {"endpoints": [f"/api/{n}" for n in names], "cursor": self.cursor})
