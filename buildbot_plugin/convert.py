@@ -47,7 +47,7 @@ def epoch(value: Any) -> float | int | None:
         return None
     if isinstance(value, datetime.datetime):
         if value.tzinfo is None:
-            value = value.replace(tzinfo=datetime.timezone.utc)
+            value = value.replace(tzinfo=datetime.UTC)
         ts = value.timestamp()
         return int(ts) if ts == int(ts) else ts
     if isinstance(value, bool):

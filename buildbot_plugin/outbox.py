@@ -243,9 +243,7 @@ class Outbox:
         self._memory.append((item, self.reactor.seconds()))
         self._memory_bytes += size
         self.stats["queued"] += 1
-        if self._waiting_for == "work":
-            self._wake()
-        elif self._waiting_for == "flush" and self._memory_ready():
+        if self._waiting_for == "work" or self._waiting_for == "flush" and self._memory_ready():
             self._wake()
 
     def stop(self, timeout: float = 5.0) -> defer.Deferred[None]:
@@ -293,9 +291,9 @@ class Outbox:
                         continue
                     from_spool = True
                 elif self._memory:
-                    if not self._memory_ready() and not self._stopping:
-                        delay = self._memory[0][1] + self.flush_interval - self.reactor.seconds()
-                        yield self._wait(max(0.0, delay), "flush")
+                    delay = self._memory[0][1] + self.flush_interval - self.reactor.seconds()
+                    if delay > 0 and not self._memory_ready() and not self._stopping:
+                        yield self._wait(delay, "flush")
                         continue
                     batch = self._memory_batch()
                     from_spool = False
@@ -316,6 +314,8 @@ class Outbox:
                     self._failures += 1
                     if self._stopping:
                         continue
+                    if self._spill_needed():
+                        yield self._spill(self._spill_count())
                     yield self._wait(self._backoff(), "backoff")
             # Stopping: everything still in memory goes to disk for the next run.
             if self._memory:
@@ -417,7 +417,7 @@ class Outbox:
             code, text = yield self._inflight
         except defer.CancelledError:
             return "retry"
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any transport error means: retry
             self._note_failure(f"cannot reach the server: {exc}", len(batch))
             return "retry"
         finally:

@@ -211,7 +211,7 @@ class Tracker:
     def _get(self, path: tuple[Any, ...], **kwargs: Any) -> Any:
         try:
             result = yield self.fetch(path, **kwargs)
-        except Exception as exc:  # the master may be shutting down; events still go out
+        except Exception as exc:  # noqa: BLE001 - any lookup failure only degrades an event
             log.msg(f"firehose: data API lookup {path} failed: {exc}")
             return None
         return result
@@ -507,7 +507,9 @@ class Tracker:
         The running builds are marked announced: the snapshot is their announcement, and their
         later events follow it coherently.
         """
-        from buildbot.data import resultspec  # the plugin runs inside Buildbot; keep convert pure
+        from buildbot.data import (
+            resultspec,  # the plugin runs inside Buildbot; keep convert pure
+        )
 
         running: list[dict[str, Any]] = []
         queued: list[dict[str, Any]] = []

@@ -1,0 +1,500 @@
+// firehose dashboard: a live pushlog (revisions down, builders across), running builds and the queue.
+// It takes a snapshot from /api, then follows the stream from the snapshot's cursor over WebSocket,
+// falling back to long-poll when WebSocket is blocked, and resumes by cursor after a drop.
+// No build step: plain browser JavaScript.
+(() => {
+  "use strict";
+
+  const LETTERS = { pending: "P", running: "R", success: "S", warnings: "W", failure: "F",
+    exception: "X", retry: "Y", cancelled: "C", skipped: "K" };
+  const params = new URLSearchParams(location.search);
+  const view = {
+    branch: params.get("branch") || "",
+    builder: params.get("builder") || "",
+    group: params.get("group") === "master" ? "master" : "tag",
+    limit: Math.min(500, Math.max(1, parseInt(params.get("limit") || "100", 10) || 100)),
+    transport: params.get("transport") || "auto",
+  };
+  const $ = (id) => document.getElementById(id);
+  const ui = {
+    branch: $("branch"), builder: $("builder"), group: $("group"), form: $("filters"),
+    connection: $("connection"), table: $("pushlog"), empty: $("empty"), lastgreen: $("lastgreen"),
+    running: $("running"), runningCount: $("running-count"), queue: $("queue"), queueCount: $("queue-count"),
+    details: $("details"), detailsTitle: $("details-title"), detailsBody: $("details-body"),
+  };
+  const model = {
+    rows: [],                 // revisions of view.branch, newest first: {revision, time, author, comments, builders}
+    rowByRevision: new Map(),
+    builders: new Map(),      // name -> {tags, masters}
+    running: new Map(),       // "master/buildid" -> build
+    queue: new Map(),         // "master/buildrequestid" -> request
+    lastGreen: null,
+    cursor: null,             // last event applied
+  };
+  const conn = { transport: null, state: "connecting", attempt: 0, wsBlocked: 0, socket: null, generation: 0 };
+  const cellEls = new Map();  // revision + "\0" + builder -> td
+  const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+  const enc = encodeURIComponent;
+
+  function filterQuery() {
+    const q = new URLSearchParams();
+    if (view.builder) q.set("builder", view.builder);
+    return q.toString();
+  }
+
+  async function api(path) {
+    const r = await fetch(path, { cache: "no-store" });
+    const body = await r.json();
+    if (!r.ok) throw new Error(body.message || r.statusText);
+    return body;
+  }
+
+  function offsetOf(cursor) { return cursor ? Number(cursor.split(":")[1]) : 0; }
+
+  // --- Snapshot ------------------------------------------------------------------------------
+
+  async function loadSnapshot() {
+    const branches = (await api("/api/revisions")).branches;
+    if (!view.branch) view.branch = branches[0] || "main";
+    ui.branch.innerHTML = [...new Set([view.branch, ...branches])]
+      .map((b) => `<option${b === view.branch ? " selected" : ""}>${esc(b)}</option>`).join("");
+    const q = filterQuery();
+    const answers = await Promise.all([
+      api(`/api/revisions?branch=${enc(view.branch)}&limit=${view.limit}&${q}`),
+      api(`/api/running?limit=500&${q}`),
+      api(`/api/queue?limit=500&${q}`),
+      api(`/api/builders?${q}`),
+    ]);
+    const [revs, running, queue, builders] = answers;
+    model.rows = []; model.rowByRevision.clear(); model.builders.clear();
+    model.running.clear(); model.queue.clear();
+    for (const b of builders.builders) model.builders.set(b.builder, { tags: b.tags || [], masters: b.masters || [] });
+    for (const row of revs.revisions) {
+      model.rows.push(row); model.rowByRevision.set(row.revision, row);
+      for (const name of Object.keys(row.builders)) knowBuilder(name);
+    }
+    for (const b of running.builds) model.running.set(`${b.master}/${b.buildid}`, b);
+    for (const r of queue.requests) model.queue.set(`${r.master}/${r.buildrequestid}`, r);
+    // Events after the oldest of these answers are applied on top: every update is idempotent.
+    model.cursor = answers.map((a) => a.cursor).sort((a, b) => offsetOf(a) - offsetOf(b))[0];
+    await refreshLastGreen();
+    renderGrid(); renderRunning(); renderQueue();
+  }
+
+  let greenTimer = null;
+  function scheduleLastGreen() {
+    clearTimeout(greenTimer);
+    greenTimer = setTimeout(refreshLastGreen, 300);
+  }
+  async function refreshLastGreen() {
+    try {
+      const g = await api(`/api/lastgreen?branch=${enc(view.branch)}&${filterQuery()}`);
+      model.lastGreen = g.revision ? g.revision.revision : null;
+    } catch (e) { model.lastGreen = null; }
+    ui.lastgreen.textContent = model.lastGreen ? `last green: ${model.lastGreen.slice(0, 12)}` : "no green revision yet";
+    for (const tr of ui.table.querySelectorAll("tr.green")) tr.classList.remove("green");
+    const tr = model.lastGreen && ui.table.querySelector(`tr[data-rev="${CSS.escape(model.lastGreen)}"]`);
+    if (tr) tr.classList.add("green");
+  }
+
+  // --- Applying events -----------------------------------------------------------------------
+
+  function knowBuilder(name, tags, master) {
+    let b = model.builders.get(name);
+    const isNew = !b;
+    if (!b) { b = { tags: [], masters: [] }; model.builders.set(name, b); }
+    if (tags && tags.length) b.tags = tags;
+    if (master && !b.masters.includes(master)) b.masters.push(master);
+    if (isNew) scheduleRender();
+  }
+
+  function ensureRow(revision, time, extra) {
+    let row = model.rowByRevision.get(revision);
+    if (!row) {
+      row = { revision, branch: view.branch, time, builders: {} };
+      model.rowByRevision.set(revision, row);
+      model.rows.unshift(row);
+      model.rows.sort((a, b) => b.time - a.time);
+      if (model.rows.length > view.limit) model.rowByRevision.delete(model.rows.pop().revision);
+      scheduleRender();
+    }
+    if (extra) for (const k of ["author", "comments", "revlink"]) if (extra[k] != null) row[k] = extra[k];
+    return row;
+  }
+
+  function setCell(ev, d, cell) {
+    if (!d.revision || (d.branch || "(none)") !== view.branch || !d.builder) return;
+    if (!matchesBuilder(d.builder)) return;
+    const row = ensureRow(d.revision, ev.time);
+    const old = row.builders[d.builder];
+    if (old && old.buildid != null) {
+      if (cell.buildid == null) return;                       // a request never hides a build
+      const older = (cell.started_at || 0) < (old.started_at || 0)
+        || ((cell.started_at || 0) === (old.started_at || 0) && cell.buildid < old.buildid && cell.master === old.master);
+      if (older) return;
+      if (old.state === "finished" && cell.state !== "finished" && old.buildid === cell.buildid) return;
+    }
+    row.builders[d.builder] = cell;
+    knowBuilder(d.builder, d.tags, ev.master);
+    paintCell(row, d.builder);
+  }
+
+  function matchesBuilder(name) {
+    if (!view.builder) return true;
+    return view.builder.split(",").some((p) =>
+      new RegExp("^" + p.trim().split("*").map((s) => s.replace(/[.+?^${}()|[\]\\]/g, "\\$&")).join(".*") + "$").test(name));
+  }
+
+  function apply(ev) {
+    const d = ev.data || {};
+    const [entity, verb] = ev.type.split(".");
+    if (entity === "build") {
+      const key = `${ev.master}/${d.buildid}`;
+      const finished = verb === "finished";
+      if (finished) model.running.delete(key);
+      else model.running.set(key, { ...(model.running.get(key) || {}), ...d, master: ev.master });
+      setCell(ev, d, { state: finished ? "finished" : "running", result: d.result, master: ev.master,
+        buildid: d.buildid, number: d.number, started_at: d.started_at });
+      if (finished) scheduleLastGreen();
+      scheduleLists();
+    } else if (entity === "step") {
+      const b = model.running.get(`${ev.master}/${d.buildid}`);
+      if (b) { b.current_step = verb === "started" ? d : (b.current_step && b.current_step.stepid === d.stepid ? null : b.current_step); scheduleLists(); }
+    } else if (entity === "request") {
+      const key = `${ev.master}/${d.buildrequestid}`;
+      if (verb === "submitted") model.queue.set(key, { ...d, master: ev.master });
+      else model.queue.delete(key);
+      if (verb === "submitted" || verb === "cancelled") {
+        setCell(ev, d, { state: verb === "cancelled" ? "cancelled" : "pending", master: ev.master });
+      }
+      scheduleLists();
+    } else if (entity === "buildset" && verb === "submitted") {
+      for (const builder of d.builders || []) {
+        const row = model.rowByRevision.get(d.revision);
+        if (!row || !row.builders[builder]) setCell(ev, { ...d, builder }, { state: "pending" });
+      }
+    } else if (entity === "change") {
+      if (d.revision && (d.branch || "(none)") === view.branch) ensureRow(d.revision, d.when || ev.time, d);
+    } else if (entity === "master" && verb === "started") {
+      resync();                                               // a master restarted: reconcile from the API
+    }
+  }
+
+  function handle(msg) {
+    if (msg.type === "gap") return onGap(msg);
+    if (!msg.type || !msg.type.includes(".")) return;         // control messages: subscribed, pong
+    if (model.cursor && offsetOf(msg.id) <= offsetOf(model.cursor) && msg.id.split(":")[0] === model.cursor.split(":")[0]) return;
+    apply(msg);
+    model.cursor = msg.id;
+  }
+
+  function onGap(gap) {
+    if (gap.reason === "slow" || gap.reason === "error") {
+      model.cursor = gap.cursor;
+      if (conn.socket && conn.socket.readyState === 1) subscribe(conn.socket);
+    } else {
+      resync();                                               // history we cannot replay: take a new snapshot
+    }
+  }
+
+  let resyncing = null;
+  function resync() {
+    if (resyncing) return resyncing;
+    resyncing = loadSnapshot().catch(() => {}).then(() => {
+      resyncing = null;
+      if (conn.socket && conn.socket.readyState === 1) subscribe(conn.socket);
+    });
+    return resyncing;
+  }
+
+  // --- Rendering -----------------------------------------------------------------------------
+
+  function columns() {
+    const groupOf = (name) => {
+      const b = model.builders.get(name) || { tags: [], masters: [] };
+      return (view.group === "master" ? b.masters[0] : b.tags[0]) || "other";
+    };
+    const names = [...model.builders.keys()].filter(matchesBuilder);
+    names.sort((a, b) => groupOf(a).localeCompare(groupOf(b)) || a.localeCompare(b));
+    const groups = [];
+    for (const n of names) {
+      const g = groupOf(n);
+      if (groups.length && groups[groups.length - 1].name === g) groups[groups.length - 1].count++;
+      else groups.push({ name: g, count: 1 });
+    }
+    return { names, groups };
+  }
+
+  let renderPending = false;
+  function scheduleRender() {
+    if (renderPending) return;
+    renderPending = true;
+    requestAnimationFrame(() => { renderPending = false; renderGrid(); });
+  }
+
+  let focusKey = null;
+  function renderGrid() {
+    const { names, groups } = columns();
+    const rows = model.rows.slice(0, view.limit);
+    ui.empty.hidden = rows.length > 0;
+    const out = ['<thead><tr class="groups"><th scope="col" rowspan="2" class="rev">revision</th>'];
+    for (const g of groups) out.push(`<th scope="colgroup" colspan="${g.count}">${esc(g.name)}</th>`);
+    out.push('</tr><tr class="builders">');
+    for (const n of names) out.push(`<th scope="col" title="${esc(n)}"><span>${esc(n)}</span></th>`);
+    out.push("</tr></thead><tbody>");
+    for (const row of rows) {
+      const who = row.author ? ` — ${esc(row.author)}` : "";
+      const title = esc(row.comments || "");
+      out.push(`<tr data-rev="${esc(row.revision)}"${row.revision === model.lastGreen ? ' class="green"' : ""}>`);
+      out.push(`<th scope="row" class="rev" title="${title}">${esc(row.revision.slice(0, 12))}${who}</th>`);
+      for (const n of names) out.push(cellHTML(row, n));
+      out.push("</tr>");
+    }
+    out.push("</tbody>");
+    ui.table.innerHTML = out.join("");
+    cellEls.clear();
+    for (const td of ui.table.querySelectorAll("td.cell")) cellEls.set(td.dataset.rev + "\0" + td.dataset.builder, td);
+    const first = (focusKey && cellEls.get(focusKey)) || ui.table.querySelector("td.cell");
+    if (first) first.tabIndex = 0;
+  }
+
+  function cellDescription(row, name, c) {
+    if (!c) return `${name} at ${row.revision.slice(0, 12)}: not built`;
+    const what = c.state === "finished" ? (c.result || "finished") : c.state;
+    return `${name} at ${row.revision.slice(0, 12)}: ${what}${c.number != null ? ` (build ${c.number})` : ""}`;
+  }
+
+  function cellClass(c) {
+    if (!c) return "";
+    return c.state === "finished" ? (c.result || "exception") : c.state;
+  }
+
+  function cellHTML(row, name) {
+    const c = row.builders[name];
+    const cls = cellClass(c);
+    const build = c && c.buildid != null ? ` data-build="${esc(c.master)}/${c.buildid}"` : "";
+    return `<td class="cell ${cls}" role="gridcell" tabindex="-1" data-rev="${esc(row.revision)}" data-builder="${esc(name)}"`
+      + ` data-state="${esc(cls)}"${build} aria-label="${esc(cellDescription(row, name, c))}" title="${esc(cellDescription(row, name, c))}">`
+      + `${c ? LETTERS[cls] || "?" : ""}</td>`;
+  }
+
+  function paintCell(row, name) {
+    const td = cellEls.get(row.revision + "\0" + name);
+    if (!td) { scheduleRender(); return; }
+    const c = row.builders[name];
+    const cls = cellClass(c);
+    td.className = `cell ${cls}`;
+    td.dataset.state = cls;
+    if (c && c.buildid != null) td.dataset.build = `${c.master}/${c.buildid}`;
+    td.textContent = c ? LETTERS[cls] || "?" : "";
+    const label = cellDescription(row, name, c);
+    td.setAttribute("aria-label", label);
+    td.title = label;
+  }
+
+  function fmtDuration(s) {
+    if (s == null) return "";
+    s = Math.max(0, Math.round(s));
+    const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), sec = s % 60;
+    return h ? `${h}h${String(m).padStart(2, "0")}m` : m ? `${m}m${String(sec).padStart(2, "0")}s` : `${sec}s`;
+  }
+
+  let listsPending = false;
+  function scheduleLists() {
+    if (listsPending) return;
+    listsPending = true;
+    requestAnimationFrame(() => { listsPending = false; renderRunning(); renderQueue(); });
+  }
+
+  function renderRunning() {
+    const now = Date.now() / 1000;
+    const builds = [...model.running.values()].filter((b) => matchesBuilder(b.builder))
+      .sort((a, b) => (a.started_at || 0) - (b.started_at || 0));
+    ui.runningCount.textContent = `(${builds.length})`;
+    ui.running.innerHTML = builds.map((b) => {
+      const step = b.current_step ? ` · ${esc(b.current_step.name)}` : "";
+      return `<li data-build="${esc(b.master)}/${b.buildid}"><span><strong>${esc(b.builder)}</strong> #${esc(b.number)}${step}</span>`
+        + `<span class="meta elapsed" data-started="${b.started_at || ""}">${fmtDuration(b.started_at ? now - b.started_at : null)}</span></li>`;
+    }).join("");
+  }
+
+  function renderQueue() {
+    const now = Date.now() / 1000;
+    const reqs = [...model.queue.values()].filter((r) => matchesBuilder(r.builder))
+      .sort((a, b) => (a.submitted_at || 0) - (b.submitted_at || 0));
+    ui.queueCount.textContent = `(${reqs.length})`;
+    ui.queue.innerHTML = reqs.map((r) => `<li><span><strong>${esc(r.builder)}</strong> ${esc((r.revision || "").slice(0, 12))}</span>`
+      + `<span class="meta elapsed" data-started="${r.submitted_at || ""}">waiting ${fmtDuration(r.submitted_at ? now - r.submitted_at : null)}</span></li>`).join("");
+  }
+
+  setInterval(() => {                                         // tick elapsed times without re-rendering
+    const now = Date.now() / 1000;
+    for (const el of document.querySelectorAll(".elapsed[data-started]")) {
+      const t = Number(el.dataset.started);
+      if (t) el.textContent = (el.closest("#queue") ? "waiting " : "") + fmtDuration(now - t);
+    }
+  }, 1000);
+
+  // --- Details and keyboard ------------------------------------------------------------------
+
+  async function showDetails(key, opener) {
+    const [master, buildid] = [key.slice(0, key.lastIndexOf("/")), key.slice(key.lastIndexOf("/") + 1)];
+    ui.details.hidden = false;
+    ui.detailsTitle.textContent = "loading…";
+    ui.detailsBody.innerHTML = "";
+    ui.details.opener = opener;
+    let b;
+    try { b = (await api(`/api/builds/${enc(master)}/${enc(buildid)}`)).build; } catch (e) {
+      ui.detailsTitle.textContent = `build ${buildid}: ${e.message}`; return;
+    }
+    ui.detailsTitle.textContent = `${b.builder} #${b.number} — ${b.finished ? b.result || "finished" : "running"}`;
+    const link = (u, t) => `<a href="${esc(u)}" target="_blank" rel="noopener">${esc(t)}</a>`;
+    const steps = (b.steps || []).map((s) => `<tr class="${esc(s.finished ? s.result || "" : "running")}"><td>${esc(s.number)}</td><td>${esc(s.name)}</td>`
+      + `<td>${esc(s.finished ? s.result : "running")}</td><td>${fmtDuration(s.duration)}</td>`
+      + `<td>${(s.urls || []).map((u) => link(u.url, u.name)).join(" ")}</td></tr>`).join("");
+    const props = Object.entries(b.properties || {}).sort().map(([k, v]) => {
+      const text = typeof v === "string" ? v : JSON.stringify(v);
+      return `<tr><th>${esc(k)}</th><td>${/^https?:\/\//.test(text) ? link(text, text) : esc(text)}</td></tr>`;
+    }).join("");
+    ui.detailsBody.innerHTML = `<p>master ${esc(b.master)} · worker ${esc(b.worker || "?")} · ${esc(b.branch || "")} ${esc(b.revision || "")}`
+      + ` · ${fmtDuration(b.duration ?? b.elapsed)}${b.url ? " · " + link(b.url, "open in Buildbot") : ""}</p>`
+      + `<h3>Steps</h3><table><thead><tr><th>#</th><th>step</th><th>result</th><th>duration</th><th>links</th></tr></thead><tbody>${steps}</tbody></table>`
+      + `<h3>Properties</h3><table><tbody>${props}</tbody></table>`;
+    $("details-close").focus();
+  }
+
+  function closeDetails() {
+    ui.details.hidden = true;
+    if (ui.details.opener) ui.details.opener.focus();
+  }
+
+  ui.table.addEventListener("click", (e) => {
+    const td = e.target.closest("td.cell");
+    if (!td) return;
+    moveFocus(td);
+    if (td.dataset.build) showDetails(td.dataset.build, td);
+  });
+  ui.running.addEventListener("click", (e) => {
+    const li = e.target.closest("li[data-build]");
+    if (li) showDetails(li.dataset.build, li);
+  });
+  $("details-close").addEventListener("click", closeDetails);
+  document.addEventListener("keydown", (e) => { if (e.key === "Escape" && !ui.details.hidden) closeDetails(); });
+
+  function moveFocus(td) {
+    for (const el of ui.table.querySelectorAll('td.cell[tabindex="0"]')) el.tabIndex = -1;
+    td.tabIndex = 0;
+    td.focus();
+    focusKey = td.dataset.rev + "\0" + td.dataset.builder;
+  }
+
+  ui.table.addEventListener("keydown", (e) => {
+    const td = e.target.closest("td.cell");
+    if (!td) return;
+    const tr = td.parentElement;
+    const index = [...tr.children].indexOf(td);
+    let next = null;
+    if (e.key === "ArrowRight") next = td.nextElementSibling;
+    else if (e.key === "ArrowLeft") next = td.previousElementSibling;
+    else if (e.key === "ArrowDown") next = tr.nextElementSibling && tr.nextElementSibling.children[index];
+    else if (e.key === "ArrowUp") next = tr.previousElementSibling && tr.previousElementSibling.children[index];
+    else if ((e.key === "Enter" || e.key === " ") && td.dataset.build) { e.preventDefault(); showDetails(td.dataset.build, td); return; }
+    else return;
+    e.preventDefault();
+    if (next && next.matches("td.cell")) moveFocus(next);
+  });
+
+  ui.builder.value = view.builder;
+  ui.group.value = view.group;
+  ui.form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    const q = new URLSearchParams(location.search);
+    for (const [k, v] of [["branch", ui.branch.value], ["builder", ui.builder.value.trim()], ["group", ui.group.value]]) {
+      if (v) q.set(k, v); else q.delete(k);
+    }
+    location.search = q.toString();                            // the view lives in the URL: shareable
+  });
+
+  // --- Connection ----------------------------------------------------------------------------
+
+  function setState(state, transport) {
+    conn.state = state;
+    if (transport) conn.transport = transport;
+    const label = { live: `live (${conn.transport})`, reconnecting: "reconnecting…", connecting: "connecting…", offline: "offline" }[state];
+    ui.connection.textContent = label;
+    ui.connection.dataset.state = state;
+    ui.connection.dataset.transport = conn.transport || "";
+  }
+
+  function retryDelay() {
+    conn.attempt = Math.min(conn.attempt + 1, 6);
+    return Math.min(15000, 500 * 2 ** (conn.attempt - 1)) * (0.75 + Math.random() / 2);
+  }
+
+  function subscribe(ws) {
+    const filter = view.builder ? { builder: view.builder.split(",").map((s) => s.trim()).filter(Boolean) } : {};
+    ws.send(JSON.stringify({ cmd: "subscribe", filter, since: model.cursor || "now" }));
+  }
+
+  function connect() {
+    const generation = ++conn.generation;
+    if (view.transport === "longpoll" || !("WebSocket" in window) || conn.wsBlocked >= 2) return longPoll(generation);
+    const ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`);
+    conn.socket = ws;
+    let acknowledged = false;                                 // the server answered over this socket
+    ws.onopen = () => subscribe(ws);
+    ws.onmessage = (m) => {
+      const msg = JSON.parse(m.data);
+      if (msg.type === "subscribed") {
+        acknowledged = true; conn.wsBlocked = 0; conn.attempt = 0; setState("live", "websocket"); return;
+      }
+      if (msg.type === "error") { console.warn("firehose:", msg.message); return; }
+      handle(msg);
+    };
+    ws.onclose = async () => {
+      if (generation !== conn.generation) return;
+      conn.socket = null;
+      setState("reconnecting");
+      if (!acknowledged) {
+        // Did WebSocket fail while plain HTTP works? Then something blocks WebSocket: use long-poll.
+        try { await api("/health"); conn.wsBlocked++; } catch (e) { /* the server is down: keep trying */ }
+      }
+      setTimeout(connect, conn.wsBlocked >= 2 ? 0 : retryDelay());
+    };
+  }
+
+  async function longPoll(generation) {
+    setState(conn.state === "live" ? "live" : "connecting", "long-poll");
+    let wait = 0;                                             // the first poll answers at once: we are live
+    while (generation === conn.generation) {
+      try {
+        const since = model.cursor || "now";
+        const r = await fetch(`/poll?since=${enc(since)}&timeout=${wait}&limit=500&${filterQuery()}`, { cache: "no-store" });
+        const body = await r.json();
+        if (!r.ok) throw new Error(body.message);
+        conn.attempt = 0;
+        wait = 25;
+        setState("live", "long-poll");
+        if (body.gap) { onGap(body.gap); if (body.gap.reason !== "slow" && body.gap.reason !== "error") await resync(); continue; }
+        for (const ev of body.events) handle(ev);
+        model.cursor = body.cursor;
+      } catch (e) {
+        setState("reconnecting");
+        wait = 0;
+        await new Promise((resolve) => setTimeout(resolve, retryDelay()));
+      }
+    }
+  }
+
+  window.firehoseDashboard = { model, conn, view };           // for tests and the curious
+
+  (async function start() {
+    for (let i = 0; ; i++) {
+      try { await loadSnapshot(); break; } catch (e) {
+        setState("offline");
+        await new Promise((resolve) => setTimeout(resolve, Math.min(15000, 1000 * 2 ** i)));
+      }
+    }
+    connect();
+  })();
+})();
