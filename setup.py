@@ -26,6 +26,7 @@ setup(
             "pytest>=8",
             "pytest-timeout>=2.3",
             "websockets>=13",
+            "playwright>=1.48",
             "buildbot==4.3.0",
             "buildbot-worker==4.3.0",
             "ruff",

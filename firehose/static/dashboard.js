@@ -55,7 +55,7 @@
 
   async function loadSnapshot() {
     const branches = (await api("/api/revisions")).branches;
-    if (!view.branch) view.branch = branches[0] || "main";
+    if (!view.branch) view.branch = ["main", "master", "trunk"].find((b) => branches.includes(b)) || branches[0] || "main";
     ui.branch.innerHTML = [...new Set([view.branch, ...branches])]
       .map((b) => `<option${b === view.branch ? " selected" : ""}>${esc(b)}</option>`).join("");
     const q = filterQuery();
