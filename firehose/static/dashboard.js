@@ -214,7 +214,10 @@
       const b = model.builders.get(name) || { tags: [], masters: [] };
       return (view.group === "master" ? b.masters[0] : b.tags[0]) || "other";
     };
-    const names = [...model.builders.keys()].filter(matchesBuilder);
+    // The builders that built (or were asked to build) a revision on screen.
+    const onScreen = new Set();
+    for (const row of model.rows.slice(0, view.limit)) for (const n of Object.keys(row.builders)) onScreen.add(n);
+    const names = [...onScreen].filter(matchesBuilder);
     names.sort((a, b) => groupOf(a).localeCompare(groupOf(b)) || a.localeCompare(b));
     const groups = [];
     for (const n of names) {
