@@ -1,11 +1,14 @@
 """The ``firehose`` command.
 
-Exit codes: 0 clean stop, 1 runtime failure (port busy, journal unusable), 2 bad usage or config.
+Exit codes of ``serve``: 0 clean stop, 1 runtime failure (port busy, journal unusable), 2 bad
+usage or config.  ``tail``, ``wait`` and ``query`` are in :mod:`firehose.cli_tools` (their exit
+codes are in its docstring and their ``--help``).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -49,12 +52,23 @@ def _parser() -> argparse.ArgumentParser:
         "--synchronous", choices=["FULL", "NORMAL"],
         help="FULL (default): an acknowledged batch survives a power cut; NORMAL: a process crash only",
     )
+    serve.add_argument(
+        "--webhook-admin-token", metavar="TOKEN",
+        help="bearer token of the webhook API /api/webhooks (or FIREHOSE_WEBHOOK_ADMIN_TOKEN; "
+        "without one the API is off)",
+    )
+    from firehose.cli_tools import add_commands
+
+    add_commands(commands)
     return parser
 
 
 def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Config:
     """Environment, then config file, then flags: each later one wins."""
     config = Config(tokens=tokens_from_env(environ))
+    from firehose.webhooks import ADMIN_TOKEN_ENV
+
+    config.webhooks.admin_token = (environ if environ is not None else os.environ).get(ADMIN_TOKEN_ENV) or None
     if args.config:
         load_config_file(args.config, config)
     if args.listen:
@@ -75,6 +89,8 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = 
         )
     if args.synchronous:
         config.synchronous = args.synchronous
+    if getattr(args, "webhook_admin_token", None):
+        config.webhooks.admin_token = args.webhook_admin_token
     return config
 
 
@@ -117,8 +133,10 @@ def _serve(config: Config) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from firehose.cli_tools import parse_args
+
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     if args.command == "serve":
         try:
             config = config_from_args(args)
@@ -126,6 +144,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"firehose: {exc}", file=sys.stderr)
             return 2
         return _serve(config)
+    if args.command in ("tail", "wait", "query"):
+        from firehose.cli_tools import run
+
+        return run(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

@@ -36,6 +36,9 @@ class Sink(Protocol):
     def gap(self, gap: dict[str, Any], final: bool) -> None:
         """Tell the client of a gap.  ``final``: the subscription has ended (reason ``slow``)."""
 
+    def caught_up(self) -> None:
+        """The replay reached the head: from now on only live events follow."""
+
 
 class Stats:
     """Plain counters read by /metrics and /health; nothing here costs more than an add."""
@@ -155,8 +158,12 @@ class Subscription:
 
     @property
     def position(self) -> int:
-        """Offset up to which every matching event has been handed to the sink."""
-        return self._pending[0].offset - 1 if self._pending else self.seen
+        """Offset up to which every matching event has been handed to the sink.
+
+        While replaying, ``_pending`` holds live events kept for the seam, not undelivered
+        ones: only a live subscription's queue holds events back from ``seen``.
+        """
+        return self._pending[0].offset - 1 if self.live and self._pending else self.seen
 
     @property
     def cursor(self) -> str:
@@ -172,6 +179,7 @@ class Subscription:
         if self.seen >= self.hub.journal.head:
             self._attach()
             self.live = True
+            self.sink.caught_up()
         else:
             self._replay()
 
@@ -277,6 +285,8 @@ class Subscription:
             self.seen = fresh[-1].offset
         self.live = True
         self._flush()
+        if not self.closed:
+            self.sink.caught_up()
 
     def _flush(self) -> None:
         if self._pending and not self.paused:

@@ -64,7 +64,12 @@ class IJournal(Interface):
         """Deduplicate, number and durably store a batch of validated events."""
 
     def read(after: int, limit: int) -> defer.Deferred[list[Event]]:
-        """Up to ``limit`` events with offset greater than ``after``, oldest first."""
+        """Up to ``limit`` events with offset greater than ``after``, oldest first.
+
+        Never an event beyond :attr:`head` as it is when ``read`` is called: an event that is
+        committed but whose listeners have not run yet would otherwise reach a reader before
+        the live feed, and a cursor to it would be ahead of the stream.
+        """
 
     def listen(listener: Listener) -> None:
         """Call ``listener`` with each list of newly durable events, in offset order."""
@@ -238,7 +243,8 @@ class MemoryJournal(_JournalBase):
 
     def read(self, after: int, limit: int) -> defer.Deferred[list[Event]]:
         start = max(0, after + 1 - self.earliest)
-        return defer.succeed(self._events[start : start + limit])
+        stop = min(start + limit, self.head + 1 - self.earliest)
+        return defer.succeed(self._events[start:stop])
 
     def trim(self) -> defer.Deferred[int]:
         keep = self._retention.max_events
@@ -380,15 +386,17 @@ class SQLiteJournal(_JournalBase):
             raise
 
     def read(self, after: int, limit: int) -> defer.Deferred[list[Event]]:
-        return deferToThreadPool(self._reactor, self._reader, self._read_sync, after, limit)
+        # ``head`` is read here, in the reactor thread: it only counts published events.
+        return deferToThreadPool(self._reactor, self._reader, self._read_sync, after, limit, self.head)
 
-    def _read_sync(self, after: int, limit: int) -> list[Event]:
+    def _read_sync(self, after: int, limit: int, head: int) -> list[Event]:
         epoch = self.epoch
         return [
             Event(offset, format_cursor(epoch, offset), type_, body)
             for offset, type_, body in self._reader_db.execute(
-                "SELECT offset, type, body FROM events WHERE offset > ? ORDER BY offset LIMIT ?",
-                (after, limit),
+                "SELECT offset, type, body FROM events WHERE offset > ? AND offset <= ? "
+                "ORDER BY offset LIMIT ?",
+                (after, head, limit),
             )
         ]
 

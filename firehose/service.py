@@ -28,6 +28,8 @@ from firehose.journal import IJournal, MemoryJournal, Retention, SQLiteJournal
 from firehose.schema import MASTER_NAME_PATTERN
 from firehose.state import BuildState
 from firehose.web import build_site
+from firehose.webhooks import WebhookConfig, WebhookError, apply_config_table, make_dispatcher
+from firehose.webhooks import mount as mount_webhooks
 
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
 TOKENS_ENV = "FIREHOSE_MASTER_TOKENS"
@@ -55,6 +57,8 @@ class Config:
     trim_interval: float = 60.0
     page_size: int = 500
     max_pending: int = 1000
+    #: Webhooks: admin token of /api/webhooks, hooks from the config file (see docs/client.md).
+    webhooks: WebhookConfig = field(default_factory=WebhookConfig)
 
 
 def parse_token(text: str) -> tuple[str, str]:
@@ -86,7 +90,7 @@ def load_config_file(path: str, config: Config) -> Config:
         raise ConfigError(f"cannot read config file {path!r}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path!r} is not valid TOML: {exc}") from None
-    known = {"listen", "db", "max_body", "synchronous", "masters", "retention"}
+    known = {"listen", "db", "max_body", "synchronous", "masters", "retention", "webhooks"}
     unknown = set(data) - known
     if unknown:
         raise ConfigError(f"config file {path!r}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
@@ -105,6 +109,11 @@ def load_config_file(path: str, config: Config) -> Config:
             max_age=float(days) * 86400 if days is not None else None,
             max_events=int(retention["max_events"]) if "max_events" in retention else None,
         )
+    if "webhooks" in data:
+        try:
+            apply_config_table(data["webhooks"], config.webhooks)
+        except (WebhookError, TypeError, ValueError) as exc:
+            raise ConfigError(f"config file {path!r}: {exc}") from None
     return config
 
 
@@ -123,6 +132,7 @@ class FirehoseServer:
         self.port: Any = None
         self.journal: IJournal | None = None
         self._trimmer: LoopingCall | None = None
+        self.webhooks: Any = None
 
     def _open_journal(self) -> IJournal:
         if self.config.db == ":memory:":
@@ -157,11 +167,18 @@ class FirehoseServer:
         )
         self._connections = _TrackingFactory(self.site)
         try:
+            self.webhooks = make_dispatcher(self.hub, config.webhooks, config.db, self.reactor)
+            mount_webhooks(self.site.resource, self.webhooks, config.webhooks.admin_token)
+            self.webhooks.load()
             endpoint = serverFromString(self.reactor, config.listen)
             self.port = yield endpoint.listen(self._connections)
         except BaseException:
+            if self.webhooks is not None:
+                yield self.webhooks.stop()
+                self.webhooks = None
             yield journal.close()
             raise
+        self.webhooks.start()
         self._trimmer = LoopingCall(journal.trim)
         self._trimmer.clock = self.reactor
         self._trimmer.start(config.trim_interval, now=True).addErrback(
@@ -194,6 +211,9 @@ class FirehoseServer:
         if self.port is not None:
             yield self.port.stopListening()
             self.port = None
+        if self.webhooks is not None:
+            yield self.webhooks.stop()
+            self.webhooks = None
         for sub in list(self.hub.subscriptions):
             sub.close()
         yield self._connections.close_all()

@@ -29,6 +29,8 @@ class _PollSink:
         self.subscription: Subscription | None = None
         self.timer: IDelayedCall | None = None
         self.done = False
+        #: The timeout passed while the replay was still reading: answer once it catches up.
+        self.expired = False
 
     def send(self, events: list[Event]) -> None:
         sub = self.subscription
@@ -44,10 +46,20 @@ class _PollSink:
     def gap(self, gap: dict[str, Any], final: bool) -> None:
         self.answer(dumps({"events": [], "gap": gap, "cursor": gap["cursor"]}) + b"\n")
 
+    def caught_up(self) -> None:
+        if self.expired:
+            self.timeout()
+
     def timeout(self) -> None:
+        """Answer empty, but never before the replay has looked at everything up to the head:
+        'no events' must mean none, not 'not read yet'."""
         self.timer = None
-        assert self.subscription is not None
-        self.answer(dumps({"events": [], "cursor": self.subscription.cursor}) + b"\n")
+        sub = self.subscription
+        assert sub is not None
+        if not sub.live:
+            self.expired = True
+            return
+        self.answer(dumps({"events": [], "cursor": sub.cursor}) + b"\n")
 
     def answer(self, body: bytes) -> None:
         if self.done:
@@ -113,7 +125,6 @@ class PollResource(Resource):
         sink.subscription = sub
         request.setHeader(b"cache-control", b"no-store")
         request.notifyFinish().addBoth(sink.cleanup)
+        sink.timer = self.clock.callLater(timeout, sink.timeout)
         sub.start()
-        if not sink.done:
-            sink.timer = self.clock.callLater(timeout, sink.timeout)
         return NOT_DONE_YET

@@ -46,6 +46,9 @@ class _SSESink:
         if self.open:
             self.request.write(b"".join(sse_frame(e) for e in events))
 
+    def caught_up(self) -> None:
+        """Nothing to do when the replay reaches the head."""
+
     def gap(self, gap: dict[str, Any], final: bool) -> None:
         if not self.open:
             return

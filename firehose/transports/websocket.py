@@ -110,6 +110,9 @@ class FirehoseWebSocket(WebSocketServerProtocol):
             frames.append(e.ws_frame.payloadHybi)
         self.sendData(b"".join(frames))
 
+    def caught_up(self) -> None:
+        """Nothing to do when the replay reaches the head."""
+
     def gap(self, gap: dict[str, Any], final: bool) -> None:
         self._control(gap)
         if final:

@@ -33,6 +33,9 @@ class RecordingSink:
         assert events, "the hub must never send an empty list"
         self.events.extend(events)
 
+    def caught_up(self) -> None:
+        """Nothing to do when the replay reaches the head."""
+
     def gap(self, gap: dict[str, Any], final: bool) -> None:
         self.gaps.append((gap, final))
 

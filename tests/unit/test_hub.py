@@ -184,3 +184,26 @@ class HubTests(SynchronousTestCase):
             reads.pop(0).callback(None)
         self.assertEqual(sink.seqs, list(range(1, 41)))
         self.assertTrue(sub.live)
+
+
+class ReplayPositionTests(SynchronousTestCase):
+    def test_position_while_replaying_ignores_events_kept_for_the_seam(self) -> None:
+        """During a replay the resume position is what was examined, not the first live event
+        waiting for the seam (which would skip the events between)."""
+        journal = MemoryJournal(epoch="e1")
+        hub = Hub(journal, page_size=10, max_pending=100)
+        self_reads: list[defer.Deferred] = []
+        real_read = journal.read
+        self.successResultOf(journal.append(batch(1, 5)))
+
+        def held(after: int, limit: int) -> defer.Deferred:
+            d: defer.Deferred = defer.Deferred()
+            self_reads.append(d)
+            return d.addCallback(lambda _: self.successResultOf(real_read(after, limit)))
+
+        journal.read = held  # type: ignore[method-assign]
+        sub = hub.subscribe(RecordingSink(), Filter.everything(), "e1:2", "test")
+        sub.start()
+        self.successResultOf(journal.append(batch(6, 7)))  # live, while the read is held
+        self.assertFalse(sub.live)
+        self.assertEqual(sub.position, 2)

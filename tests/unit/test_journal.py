@@ -181,3 +181,25 @@ class SQLiteJournalTests(JournalContract, TestCase):
         with self.assertRaises(JournalError) as caught:
             SQLiteJournal("/nonexistent-dir/sub/j.sqlite")
         self.assertIn("/nonexistent-dir/sub/j.sqlite", str(caught.exception))
+
+
+class ReadBoundTests(TestCase):
+    def test_read_never_returns_committed_but_unpublished_events(self) -> None:
+        """Rows committed by the writer thread but not yet announced to listeners (head not yet
+        advanced) are invisible to readers, so no reader gets ahead of the live feed."""
+        path = os.path.join(self.mktemp(), "j.sqlite")
+        os.makedirs(os.path.dirname(path))
+        journal = SQLiteJournal(path)
+        self.addCleanup(journal.close)
+        d = journal.append(batch(1, 2))
+
+        def appended(_: Any) -> Any:
+            event = Event.build(3, f"{journal.epoch}:3", type="build.started", master="m1",
+                                incarnation="i1", seq=3, time=1.0, data={"buildid": 3, "number": 3, "builder": "b"})
+            # Commit a row the way the writer thread does, without the reactor-side announcement.
+            journal._store_sync([(3, event.type, "m1", "i1", 3, event.encoded)])
+            return journal.read(0, 10)
+
+        d.addCallback(appended)
+        d.addCallback(lambda events: self.assertEqual([e.offset for e in events], [1, 2]))
+        return d

@@ -298,3 +298,30 @@ class WebSocketTests(SynchronousTestCase):
         (sub,) = self.hub.subscriptions
         frame = self.journal._events[0].ws_frame
         self.assertIsNotNone(frame)
+
+
+class LongPollReplayTests(_Base):
+    def test_timeout_never_answers_before_the_replay_has_read(self) -> None:
+        """With ``timeout=0`` and a slow journal read, the answer waits for the read and holds
+        the events that were there: 'no events' only ever means none."""
+        self.append(1, 3)
+        reads: list[Any] = []
+        real_read = self.journal.read
+
+        def held(after: int, limit: int) -> Any:
+            from twisted.internet import defer
+
+            d: defer.Deferred = defer.Deferred()
+            reads.append(d)
+            return d.addCallback(lambda _: self.successResultOf(real_read(after, limit)))
+
+        self.journal.read = held  # type: ignore[method-assign]
+        d = self.client.get("http://firehose.test/poll?since=e1:0&timeout=0")
+        self.clock.advance(0)
+        self.client.flush()
+        self.assertNoResult(d)
+        reads.pop().callback(None)
+        self.client.flush()
+        response = self.successResultOf(d)
+        body = self.successResultOf(response.json())
+        self.assertEqual([e["seq"] for e in body["events"]], [1, 2, 3])

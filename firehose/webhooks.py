@@ -1,0 +1,808 @@
+"""Webhooks: the server POSTs matching events, in batches, signed, to registered callback URLs.
+
+Each hook is an ordinary hub subscription (transport ``webhook``) fed from the journal, exactly
+like a long-poll client: it starts from the hook's stored cursor, so a restart resumes delivery
+where it stopped, and a hook that cannot keep up is ended as ``slow`` by the hub and simply
+catches up from the journal later.  A slow or dead receiver therefore costs bounded memory and
+never delays any other subscriber.
+
+Delivery, per hook: one batch in flight at a time (order is kept); a batch is retried with
+exponential backoff until the receiver answers 2xx; the cursor advances (and is persisted)
+only after that answer - at-least-once delivery, receivers dedupe by event ``id``.  After
+``max_failures`` consecutive failures (or a ``410 Gone``) the hook is disabled and the reason
+is shown by the API; ``PATCH {"active": true}`` re-enables it from where it stopped.
+
+Signature: ``X-Firehose-Signature: sha256=<hex HMAC-SHA256 of the raw body with the hook's
+secret>``; ``X-Firehose-Timestamp`` repeats the body's ``sent_at`` (which the signature covers),
+so receivers can refuse stale replays.  See docs/client.md.
+
+Hooks come from ``POST /api/webhooks`` (``Authorization: Bearer <admin token>``) or from the
+``[webhooks]`` table of the server's config file.  Their state (cursor, failures) lives in a
+small JSON file next to the journal, written atomically in a thread, never on the reactor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import tempfile
+import time as _time
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+
+from firehose import __version__
+from firehose._http import error_body, json_body
+from firehose.client import Backoff
+from firehose.cursor import CursorError
+from firehose.event import Event, dumps, loads
+from firehose.filters import FilterError, parse_json
+from firehose.hub import Hub, Subscription
+
+SIGNATURE_HEADER = "X-Firehose-Signature"
+TIMESTAMP_HEADER = "X-Firehose-Timestamp"
+ADMIN_TOKEN_ENV = "FIREHOSE_WEBHOOK_ADMIN_TOKEN"
+
+
+class WebhookError(ValueError):
+    """A hook definition that cannot be used; the message says why."""
+
+
+def sign(secret: str | bytes, body: bytes) -> str:
+    """The value of ``X-Firehose-Signature`` for ``body``: ``sha256=<hex>``."""
+    key = secret.encode() if isinstance(secret, str) else secret
+    return "sha256=" + hmac.new(key, body, hashlib.sha256).hexdigest()
+
+
+def verify(
+    secret: str | bytes,
+    body: bytes,
+    signature: str | None,
+    timestamp: str | None = None,
+    tolerance: float | None = 300.0,
+    now: float | None = None,
+) -> bool:
+    """Check a delivery as a receiver should: the HMAC of the raw body (constant time), and,
+    given the ``X-Firehose-Timestamp`` header, that it is recent (``tolerance`` seconds) and
+    agrees with the signed ``sent_at`` in the body."""
+    if not signature or not hmac.compare_digest(sign(secret, body), signature):
+        return False
+    if timestamp is None or tolerance is None:
+        return True
+    try:
+        sent = int(loads(body)["sent_at"])
+        stamp = int(timestamp)
+    except (ValueError, KeyError, TypeError):
+        return False
+    current = _time.time() if now is None else now
+    return sent == stamp and abs(current - stamp) <= tolerance
+
+
+# ---------------------------------------------------------------------------------------------
+# Hooks and their configuration
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Hook:
+    """One registered webhook and its delivery state (persisted)."""
+
+    id: str
+    url: str
+    filter: dict[str, list[str]]
+    secret: str
+    cursor: str | None = None
+    active: bool = True
+    source: str = "api"
+    failures: int = 0
+    last_error: str | None = None
+    disabled_reason: str | None = None
+    delivered: int = 0
+    created: float = 0.0
+    last_delivery: float | None = None
+
+    def view(self) -> dict[str, Any]:
+        """What the API shows: everything but the secret."""
+        out = asdict(self)
+        del out["secret"]
+        return out
+
+
+def check_url(url: Any) -> str:
+    if not isinstance(url, str) or not url:
+        raise WebhookError("'url' must be an http:// or https:// URL")
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise WebhookError(f"'url' must be an http:// or https:// URL, not {url[:100]!r}")
+    return url
+
+
+def check_filter(flt: Any) -> dict[str, list[str]]:
+    try:
+        return parse_json(flt if flt is not None else {}).as_dict()
+    except FilterError as exc:
+        raise WebhookError(str(exc)) from None
+
+
+@dataclass
+class WebhookConfig:
+    """The ``[webhooks]`` part of the server configuration.
+
+    :param admin_token: bearer token of ``/api/webhooks``; without one the API answers 403.
+    :param hooks: hooks defined in the config file: ``{name: {"url", "secret", "filter"}}``.
+    :param state_path: the JSON state file; default ``<db>.webhooks.json`` (nothing is kept
+        with a ``:memory:`` journal).
+    :param max_failures: consecutive failed deliveries before a hook is disabled.
+    """
+
+    admin_token: str | None = None
+    hooks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    state_path: str | None = None
+    max_failures: int = 10
+    retry_initial: float = 1.0
+    retry_max: float = 300.0
+    timeout: float = 10.0
+    batch_size: int = 100
+
+
+_CONFIG_KEYS = {"admin_token", "hooks", "state_path", "max_failures", "retry_initial", "retry_max",
+                "timeout", "batch_size"}
+
+
+def apply_config_table(table: Mapping[str, Any], config: WebhookConfig) -> WebhookConfig:
+    """Overlay the ``[webhooks]`` TOML table; raises :class:`WebhookError` naming a bad key.
+
+    ```toml
+    [webhooks]
+    admin_token = "..."
+    max_failures = 10
+    [webhooks.hooks.try-results]
+    url = "https://ci-bot.example/firehose"
+    secret = "..."
+    filter = {type = "build.finished", builder = "try-*"}
+    ```
+    """
+    unknown = set(table) - _CONFIG_KEYS
+    if unknown:
+        raise WebhookError(f"[webhooks]: unknown keys {sorted(unknown)}; known: {sorted(_CONFIG_KEYS)}")
+    for key in ("admin_token", "state_path"):
+        if key in table:
+            setattr(config, key, str(table[key]))
+    for key in ("max_failures", "batch_size"):
+        if key in table:
+            setattr(config, key, int(table[key]))
+    for key in ("retry_initial", "retry_max", "timeout"):
+        if key in table:
+            setattr(config, key, float(table[key]))
+    for name, spec in (table.get("hooks") or {}).items():
+        if not isinstance(spec, Mapping):
+            raise WebhookError(f"[webhooks.hooks.{name}] must be a table with url, secret, filter")
+        extra = set(spec) - {"url", "secret", "filter"}
+        if extra:
+            raise WebhookError(f"[webhooks.hooks.{name}]: unknown keys {sorted(extra)}")
+        if not spec.get("secret"):
+            raise WebhookError(f"[webhooks.hooks.{name}] needs a 'secret'")
+        try:
+            check_url(spec.get("url"))
+            check_filter(spec.get("filter"))
+        except WebhookError as exc:
+            raise WebhookError(f"[webhooks.hooks.{name}]: {exc}") from None
+        config.hooks[str(name)] = dict(spec)
+    return config
+
+
+# ---------------------------------------------------------------------------------------------
+# Persistence
+# ---------------------------------------------------------------------------------------------
+
+
+class MemoryHookStore:
+    """Keeps hook state in memory (tests, ``:memory:`` journals)."""
+
+    def __init__(self, initial: dict[str, dict[str, Any]] | None = None) -> None:
+        self.state: dict[str, dict[str, Any]] = dict(initial or {})
+        self.saves = 0
+
+    def load(self) -> dict[str, dict[str, Any]]:
+        return {k: dict(v) for k, v in self.state.items()}
+
+    def save(self, state: dict[str, dict[str, Any]]) -> defer.Deferred[None]:
+        self.state = state
+        self.saves += 1
+        return defer.succeed(None)
+
+    def close(self) -> defer.Deferred[None]:
+        return defer.succeed(None)
+
+
+class JSONFileHookStore:
+    """Hook state in a JSON file, replaced atomically (write, fsync, rename) in a thread.
+
+    Saves are coalesced: while one write runs, later states replace each other and only the
+    newest is written next.  The file holds the hooks' secrets, so it is created mode 0600.
+    """
+
+    log = Logger()
+
+    def __init__(self, path: str, reactor: Any) -> None:
+        from twisted.python.threadpool import ThreadPool
+
+        self.path = path
+        self.reactor = reactor
+        self._pool = ThreadPool(1, 1, "firehose-webhook-state")
+        self._pool.start()
+        self._writing = False
+        self._next: dict[str, dict[str, Any]] | None = None
+        self._idle: list[defer.Deferred[None]] = []
+
+    def load(self) -> dict[str, dict[str, Any]]:
+        """Read the file (once, at start-up, before the server listens)."""
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise WebhookError(f"cannot read webhook state {self.path!r}: {exc}") from None
+        return dict(data.get("hooks", {}))
+
+    def save(self, state: dict[str, dict[str, Any]]) -> defer.Deferred[None]:
+        self._next = state
+        d: defer.Deferred[None] = defer.Deferred()
+        self._idle.append(d)
+        if not self._writing:
+            self._write_next()
+        return d
+
+    def _write_next(self) -> None:
+        from twisted.internet.threads import deferToThreadPool
+
+        state, self._next = self._next, None
+        waiting, self._idle = self._idle, []
+        self._writing = True
+        d = deferToThreadPool(self.reactor, self._pool, write_json_atomically, self.path, {"hooks": state})
+
+        def done(result: Any) -> None:
+            self._writing = False
+            if hasattr(result, "getErrorMessage"):
+                self.log.error("cannot save webhook state to {path}: {e}", path=self.path,
+                               e=result.getErrorMessage())
+            if self._next is not None:
+                self._write_next()
+            else:
+                waiting.extend(self._idle)
+                self._idle = []
+            for w in waiting:
+                w.callback(None)
+
+        d.addBoth(done)
+
+    def close(self) -> defer.Deferred[None]:
+        d: defer.Deferred[None] = defer.succeed(None)
+        if self._writing or self._next is not None:
+            d = defer.Deferred()
+            self._idle.append(d)
+        d.addBoth(lambda _: self._pool.stop())
+        return d
+
+
+def write_json_atomically(path: str, obj: Any) -> None:
+    """Write ``obj`` to ``path`` so that a crash leaves either the old or the new file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".webhooks-", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+# ---------------------------------------------------------------------------------------------
+# Delivery
+# ---------------------------------------------------------------------------------------------
+
+
+class _Delivery:
+    """One hook's subscription and its delivery loop (the hub's :class:`Sink`)."""
+
+    log = Logger()
+
+    def __init__(self, dispatcher: WebhookDispatcher, hook: Hook) -> None:
+        self.dispatcher = dispatcher
+        self.hook = hook
+        self.sub: Subscription | None = None
+        self.buffer: list[Event] = []
+        self.gaps: list[dict[str, Any]] = []
+        self.inflight: defer.Deferred[Any] | None = None
+        self.timer: IDelayedCall | None = None
+        self.stopped = False
+        self.ended = False  # the hub ended the subscription (slow): resubscribe when drained
+        self.backoff = Backoff(dispatcher.config.retry_initial, dispatcher.config.retry_max,
+                               rng=dispatcher.rng)
+
+    def start(self) -> None:
+        hub = self.dispatcher.hub
+        try:
+            sub = hub.subscribe(self, parse_json(self.hook.filter), self.hook.cursor, "webhook")
+        except CursorError as exc:
+            self.dispatcher._disable(self.hook, f"stored cursor unusable: {exc}")
+            return
+        self.sub = sub
+        self.ended = False
+        sub.start()
+        self._kick()
+
+    def stop(self) -> None:
+        self.stopped = True
+        if self.sub is not None:
+            self.sub.close()
+            self.sub = None
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+        if self.inflight is not None:
+            d, self.inflight = self.inflight, None
+            d.cancel()
+        self.buffer.clear()
+
+    # Sink
+
+    def send(self, events: list[Event]) -> None:
+        self.buffer.extend(events)
+        self._kick()
+
+    def caught_up(self) -> None:
+        """Nothing to do when the replay reaches the head."""
+
+    def gap(self, gap: dict[str, Any], final: bool) -> None:
+        if final:
+            self.sub = None
+            self.ended = True
+            if gap.get("reason") not in ("slow", "error"):
+                self.gaps.append(gap)
+        else:
+            self.gaps.append(gap)
+        self._kick()
+
+    # Loop
+
+    def _busy(self) -> bool:
+        return self.inflight is not None or self.timer is not None
+
+    def _kick(self) -> None:
+        if self.stopped:
+            return
+        if self.sub is not None:
+            # Hold the hub back while a batch is out or enough is waiting: the hub queues (bounded)
+            # or ends us as slow, and the journal has everything we did not take.
+            if self._busy() or len(self.buffer) >= self.dispatcher.config.batch_size:
+                self.sub.pause()
+            elif self.sub.paused:
+                self.sub.resume()
+                if self.stopped:
+                    return
+        if self._busy():
+            return
+        if self.buffer or self.gaps:
+            self._post()
+        elif self.ended and self.sub is None:
+            self.start()
+
+    def _post(self) -> None:
+        config = self.dispatcher.config
+        batch = self.buffer[: config.batch_size]
+        gaps = list(self.gaps)
+        sent_at = int(self.dispatcher.clock.seconds())
+        body = (
+            b'{"hook":' + dumps(self.hook.id)
+            + b',"sent_at":' + dumps(sent_at)
+            + b',"events":[' + b",".join(e.encoded for e in batch) + b"]"
+            + (b',"gaps":' + dumps(gaps) if gaps else b"")
+            + b"}"
+        )
+        headers = {
+            b"Content-Type": [b"application/json"],
+            b"User-Agent": [f"firehose-webhooks/{__version__}".encode()],
+            b"X-Firehose-Hook": [self.hook.id.encode()],
+            b"X-Firehose-Delivery": [
+                (f"{batch[0].cursor}..{batch[-1].cursor}" if batch else f"gap-{sent_at}").encode()
+            ],
+            TIMESTAMP_HEADER.encode(): [str(sent_at).encode()],
+            SIGNATURE_HEADER.encode(): [sign(self.hook.secret, body).encode()],
+        }
+        if self.sub is not None:
+            self.sub.pause()
+        d = self.dispatcher.post(self.hook.url, body, headers)
+        self.inflight = d
+        d.addCallbacks(self._answered, self._failed, callbackArgs=(batch, gaps), errbackArgs=(batch, gaps))
+
+    def _answered(self, code: int, batch: list[Event], gaps: list[dict[str, Any]]) -> None:
+        if self.stopped:
+            return
+        self.inflight = None
+        if 200 <= code < 300:
+            self._delivered(batch, gaps)
+        elif code == 410:
+            self.dispatcher._disable(self.hook, "the receiver answered 410 Gone")
+        else:
+            self._retry(f"HTTP {code}")
+
+    def _failed(self, failure: Any, batch: list[Event], gaps: list[dict[str, Any]]) -> None:
+        if self.stopped:
+            return
+        self.inflight = None
+        self._retry(failure.getErrorMessage() or failure.type.__name__)
+
+    def _delivered(self, batch: list[Event], gaps: list[dict[str, Any]]) -> None:
+        hook = self.hook
+        del self.buffer[: len(batch)]
+        self.gaps = self.gaps[len(gaps):]
+        self.backoff.reset()
+        hook.failures = 0
+        hook.last_error = None
+        hook.delivered += len(batch)
+        hook.last_delivery = self.dispatcher.clock.seconds()
+        if not self.buffer and self.sub is not None:
+            hook.cursor = self.sub.cursor  # may skip past events the filter did not match
+        elif batch:
+            hook.cursor = batch[-1].cursor
+        elif gaps:
+            hook.cursor = gaps[-1].get("cursor") or hook.cursor
+        self.dispatcher.stats["delivered"] += len(batch)
+        self.dispatcher._save()
+        self._kick()
+
+    def _retry(self, error: str) -> None:
+        hook = self.hook
+        hook.failures += 1
+        hook.last_error = error
+        self.dispatcher.stats["failures"] += 1
+        if hook.failures >= self.dispatcher.config.max_failures:
+            self.dispatcher._disable(
+                hook, f"{hook.failures} consecutive failed deliveries; last: {error}"
+            )
+            return
+        delay = self.backoff.next()
+        self.log.info("webhook {id}: delivery failed ({error}); retry {n} in {delay:.1f}s",
+                      id=hook.id, error=error, n=hook.failures, delay=delay)
+        self.dispatcher._save()
+        self.timer = self.dispatcher.clock.callLater(delay, self._retry_now)
+
+    def _retry_now(self) -> None:
+        self.timer = None
+        self._kick()
+
+
+class WebhookDispatcher:
+    """All hooks of one server: registration, delivery, persistence.
+
+    :param http: something with treq's ``post(url, data=, headers=)`` (treq's ``HTTPClient``,
+        or ``treq.testing.StubTreq`` in tests); default a treq client with its own pool.
+    :param clock: ``IReactorTime`` for retries, timeouts and timestamps.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        hub: Hub,
+        config: WebhookConfig,
+        store: Any,
+        clock: Any,
+        http: Any = None,
+        rng: Any = None,
+    ) -> None:
+        self.hub = hub
+        self.config = config
+        self.store = store
+        self.clock = clock
+        self.rng = rng
+        self._pool: Any = None
+        if http is None:
+            from treq.client import HTTPClient
+            from twisted.web.client import Agent, HTTPConnectionPool
+
+            self._pool = HTTPConnectionPool(clock, persistent=True)
+            self._pool.maxPersistentPerHost = 2
+            http = HTTPClient(Agent(clock, pool=self._pool, connectTimeout=config.timeout))
+        self.http = http
+        self.hooks: dict[str, Hook] = {}
+        self._deliveries: dict[str, _Delivery] = {}
+        self.stats: dict[str, int] = {"delivered": 0, "failures": 0}
+        self.loaded = False
+        self.running = False
+
+    # Lifecycle
+
+    def load(self) -> None:
+        """Read stored hooks and apply the configured ones (before the server listens);
+        raises :class:`WebhookError` for an unreadable state file."""
+        now = self.clock.seconds()
+        for hid, raw in self.store.load().items():
+            try:
+                self.hooks[hid] = Hook(**raw)
+            except TypeError as exc:
+                raise WebhookError(f"webhook state for {hid!r} is unreadable: {exc}") from None
+        for name, spec in self.config.hooks.items():
+            flt = check_filter(spec.get("filter"))
+            hook = self.hooks.get(name)
+            if hook is None:
+                self.hooks[name] = Hook(name, spec["url"], flt, str(spec["secret"]), self.hub.head_cursor,
+                                        source="config", created=now)
+            else:
+                hook.url, hook.filter, hook.secret, hook.source = spec["url"], flt, str(spec["secret"]), "config"
+        for hid in [h.id for h in self.hooks.values() if h.source == "config" and h.id not in self.config.hooks]:
+            del self.hooks[hid]  # removed from the config file
+        self.loaded = True
+
+    def start(self) -> None:
+        """Start delivering to every active hook."""
+        if not self.loaded:
+            self.load()
+        self.running = True
+        for hook in self.hooks.values():
+            if hook.active:
+                self._start(hook)
+        self._save()
+
+    def stop(self) -> defer.Deferred[None]:
+        """Stop delivering (in-flight POSTs are abandoned and resent after a restart), save."""
+        was_running, self.running = self.running, False
+        for delivery in self._deliveries.values():
+            delivery.stop()
+        self._deliveries.clear()
+        # Never save a state that was not loaded: it would wipe the stored hooks.
+        d = self.store.save(self._state()) if was_running else defer.succeed(None)
+        d.addCallback(lambda _: self.store.close())
+        if self._pool is not None:
+            d.addCallback(lambda _: self._pool.closeCachedConnections())
+        return d
+
+    def _start(self, hook: Hook) -> None:
+        delivery = self._deliveries[hook.id] = _Delivery(self, hook)
+        delivery.start()
+
+    def _state(self) -> dict[str, dict[str, Any]]:
+        return {h.id: asdict(h) for h in self.hooks.values()}
+
+    def _save(self) -> None:
+        if self.loaded:
+            self.store.save(self._state())
+
+    def _disable(self, hook: Hook, reason: str) -> None:
+        self.log.warn("webhook {id} disabled: {reason}", id=hook.id, reason=reason)
+        hook.active = False
+        hook.disabled_reason = reason
+        delivery = self._deliveries.pop(hook.id, None)
+        if delivery is not None:
+            delivery.stop()
+        self._save()
+
+    # HTTP
+
+    def post(self, url: str, body: bytes, headers: dict[bytes, list[bytes]]) -> defer.Deferred[int]:
+        """POST; fires with the status code (body read and dropped) or fails; bounded by
+        ``config.timeout``."""
+        import treq
+
+        d = self.http.post(url, data=body, headers=headers, allow_redirects=False)
+
+        def answered(response: Any) -> Any:
+            return treq.content(response).addCallback(lambda _: response.code)
+
+        d.addCallback(answered)
+        timer = self.clock.callLater(self.config.timeout, d.cancel)
+
+        def done(result: Any) -> Any:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        d.addBoth(done)
+        return d
+
+    # Registration (the API)
+
+    def add(
+        self,
+        url: str,
+        flt: Any = None,
+        secret: str | None = None,
+        since: str | None = None,
+        hook_id: str | None = None,
+    ) -> Hook:
+        """Register a hook; it receives events after ``since`` (default: from now on)."""
+        check_url(url)
+        normal = check_filter(flt)
+        if since in (None, "", "now"):
+            cursor: str | None = self.hub.head_cursor
+        elif since == "earliest":
+            cursor = "earliest"
+        else:
+            assert since is not None
+            self.hub._resolve(since)  # raises CursorError for a bad or future cursor
+            cursor = since
+        hid = hook_id or secrets.token_hex(6)
+        if hid in self.hooks:
+            raise WebhookError(f"a webhook {hid!r} already exists")
+        hook = Hook(hid, url, normal, secret or secrets.token_urlsafe(24), cursor,
+                    created=self.clock.seconds())
+        self.hooks[hid] = hook
+        if self.running:
+            self._start(hook)
+        self._save()
+        return hook
+
+    def remove(self, hid: str) -> None:
+        hook = self.hooks[hid]
+        if hook.source == "config":
+            raise WebhookError(f"webhook {hid!r} comes from the config file; remove it there")
+        delivery = self._deliveries.pop(hid, None)
+        if delivery is not None:
+            delivery.stop()
+        del self.hooks[hid]
+        self._save()
+
+    def enable(self, hid: str) -> Hook:
+        """Re-enable a disabled hook: delivery resumes at its stored cursor."""
+        hook = self.hooks[hid]
+        if not hook.active:
+            hook.active = True
+            hook.failures = 0
+            hook.disabled_reason = None
+            if self.running:
+                self._start(hook)
+            self._save()
+        return hook
+
+    def disable(self, hid: str, reason: str = "disabled through the API") -> Hook:
+        hook = self.hooks[hid]
+        if hook.active:
+            self._disable(hook, reason)
+        return hook
+
+    def view(self, hook: Hook) -> dict[str, Any]:
+        out = hook.view()
+        delivery = self._deliveries.get(hook.id)
+        out["queued"] = len(delivery.buffer) if delivery is not None else 0
+        out["retrying"] = bool(delivery is not None and delivery.timer is not None)
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The API: /api/webhooks
+# ---------------------------------------------------------------------------------------------
+
+
+class WebhookAPI(Resource):
+    """``/api/webhooks`` (list, register) and ``/api/webhooks/<id>`` (show, change, delete).
+
+    Every call needs ``Authorization: Bearer <admin token>``; the token is compared in constant
+    time.  Without a configured admin token the API answers 403 to everyone.
+    """
+
+    isLeaf = True
+
+    def __init__(self, dispatcher: WebhookDispatcher, admin_token: str | None) -> None:
+        super().__init__()
+        self.dispatcher = dispatcher
+        self.admin_token = admin_token
+
+    def render(self, request: Request) -> bytes:
+        if not self.admin_token:
+            return error_body(request, 403, "no_admin_token",
+                              "the webhook API is off: start the server with --webhook-admin-token")
+        auth = (request.getHeader(b"authorization") or b"").decode("latin-1")
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.admin_token.encode()):
+            request.setHeader(b"www-authenticate", b'Bearer realm="firehose webhooks"')
+            return error_body(request, 401, "unauthorized", "send Authorization: Bearer <admin token>")
+        path = [p.decode("utf-8", "replace") for p in request.postpath or () if p]
+        method = (request.method or b"GET").decode()
+        try:
+            if not path:
+                if method == "GET":
+                    hooks = sorted(self.dispatcher.hooks.values(), key=lambda h: (h.created, h.id))
+                    return json_body(request, 200, {"webhooks": [self.dispatcher.view(h) for h in hooks]})
+                if method == "POST":
+                    return self._create(request)
+            elif len(path) == 1:
+                hook = self.dispatcher.hooks.get(path[0])
+                if hook is None:
+                    return error_body(request, 404, "not_found", f"no webhook {path[0]!r}")
+                if method == "GET":
+                    return json_body(request, 200, self.dispatcher.view(hook))
+                if method == "DELETE":
+                    self.dispatcher.remove(hook.id)
+                    return json_body(request, 200, {"deleted": hook.id})
+                if method == "PATCH":
+                    return self._change(request, hook)
+            else:
+                return error_body(request, 404, "not_found", "no such resource")
+        except WebhookError as exc:
+            return error_body(request, 409 if "exists" in str(exc) or "config" in str(exc) else 400,
+                              "bad_webhook", str(exc))
+        request.setHeader(b"allow", b"GET, POST" if not path else b"GET, PATCH, DELETE")
+        return error_body(request, 405, "method_not_allowed", f"{method} is not allowed here")
+
+    def _json(self, request: Request) -> dict[str, Any]:
+        try:
+            assert request.content is not None
+            body = loads(request.content.read() or b"{}")
+        except (ValueError, UnicodeDecodeError):
+            raise WebhookError("the body must be a JSON object") from None
+        if not isinstance(body, dict):
+            raise WebhookError("the body must be a JSON object")
+        return body
+
+    def _create(self, request: Request) -> bytes:
+        body = self._json(request)
+        unknown = set(body) - {"url", "filter", "secret", "since", "id"}
+        if unknown:
+            raise WebhookError(f"unknown fields {sorted(unknown)}: use url, filter, secret, since, id")
+        secret = body.get("secret")
+        if secret is not None and (not isinstance(secret, str) or len(secret) < 16):
+            raise WebhookError("'secret' must be a string of at least 16 characters")
+        hook_id = body.get("id")
+        if hook_id is not None and (not isinstance(hook_id, str) or not _id_ok(hook_id)):
+            raise WebhookError("'id' may hold 1-64 letters, digits, '.', '_' and '-'")
+        try:
+            hook = self.dispatcher.add(check_url(body.get("url")), body.get("filter"), secret, body.get("since"),
+                                       hook_id)
+        except CursorError as exc:
+            return error_body(request, 400, "bad_cursor", str(exc))
+        out = self.dispatcher.view(hook)
+        out["secret"] = hook.secret  # shown once, at registration
+        request.setHeader(b"location", f"/api/webhooks/{hook.id}".encode())
+        return json_body(request, 201, out)
+
+    def _change(self, request: Request, hook: Hook) -> bytes:
+        body = self._json(request)
+        if set(body) != {"active"} or not isinstance(body["active"], bool):
+            raise WebhookError('PATCH takes {"active": true} or {"active": false}')
+        if body["active"]:
+            self.dispatcher.enable(hook.id)
+        else:
+            self.dispatcher.disable(hook.id)
+        return json_body(request, 200, self.dispatcher.view(hook))
+
+
+def _id_ok(text: str) -> bool:
+    import re
+
+    return re.fullmatch(r"[A-Za-z0-9._-]{1,64}", text) is not None
+
+
+def mount(root: Resource, dispatcher: WebhookDispatcher, admin_token: str | None) -> None:
+    """Put ``/api/webhooks`` under the site's ``/api`` (made here if nothing else made it)."""
+    api = root.children.get(b"api")
+    if api is None:
+        api = Resource()
+        root.putChild(b"api", api)
+    api.putChild(b"webhooks", WebhookAPI(dispatcher, admin_token))
+
+
+def make_dispatcher(hub: Hub, config: WebhookConfig, db: str, clock: Any) -> WebhookDispatcher:
+    """The dispatcher a server runs: state in ``config.state_path`` or next to the journal."""
+    path = config.state_path or (None if db == ":memory:" else db + ".webhooks.json")
+    store: Any = JSONFileHookStore(path, clock) if path else MemoryHookStore()
+    return WebhookDispatcher(hub, config, store, clock)
+

@@ -1,0 +1,212 @@
+"""The dashboard in a real headless browser (Debian's Chromium driven by Playwright) against a
+real server process: live cells, details, keyboard, recovery after a drop, long-poll fallback.
+
+The server is fed plugin-shaped events over ``POST /ingest`` so every state change happens
+exactly when the test says; the pages are waited on with Playwright's bounded waits.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import ServerProcess
+from tests.unit.helpers import Scenario
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = os.environ.get("FIREHOSE_CHROMIUM", "/usr/bin/chromium")
+WAIT_MS = 20_000
+T0 = 1_795_000_000.0
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """One headless Chromium for the module (``./dev test`` installs Debian's chromium)."""
+    if not os.path.exists(CHROMIUM) and not shutil.which("chromium"):
+        pytest.fail(f"no Chromium at {CHROMIUM}: ./dev test installs Debian's 'chromium' package")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=CHROMIUM if os.path.exists(CHROMIUM) else shutil.which("chromium"),
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+        )
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    pg = context.new_page()
+    pg.set_default_timeout(WAIT_MS)
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        yield pg
+    finally:
+        context.close()
+    assert errors == [], f"JavaScript errors on the page: {errors}"
+
+
+@pytest.fixture
+def demo(start_server: Callable[..., ServerProcess]) -> tuple[ServerProcess, Scenario]:
+    server = start_server(tokens={"bm1": "tok-bm1"})
+    return server, Scenario("bm1", start=T0)
+
+
+def feed(server: ServerProcess, scenario: Scenario) -> None:
+    server.ingest(scenario.take())
+
+
+def cell(page: Any, revision: str, builder: str) -> Any:
+    return page.locator(f'td.cell[data-rev="{revision}"][data-builder="{builder}"]')
+
+
+def history(s: Scenario) -> None:
+    """Two revisions on main: r1 all green, r2 with linux still queued."""
+    s.emit("change.new", {"changeid": 1, "branch": "main", "revision": "r1", "author": "ann",
+                          "comments": "first"}, at=T0)
+    for i, builder in enumerate(("linux", "mac")):
+        s.build("started", i + 1, builder, "r1", started_at=T0 + 1, at=T0 + 1, tags=["desktop"])
+        s.step("started", 10 + i, i + 1, builder, "compile", started_at=T0 + 1)
+        s.step("finished", 10 + i, i + 1, builder, "compile", started_at=T0 + 1, complete_at=T0 + 30,
+               result="success", results=0, urls=[{"name": "log", "url": "https://ci.example.invalid/log"}])
+        s.build("finished", i + 1, builder, "r1", result="success", started_at=T0 + 1, at=T0 + 40,
+                properties={"binary_url": "https://ci.example.invalid/bin.tgz"}, duration=39)
+    s.emit("change.new", {"changeid": 2, "branch": "main", "revision": "r2", "author": "bob",
+                          "comments": "second"}, at=T0 + 100)
+    s.request("submitted", 3, "linux", "r2", at=T0 + 100)
+
+
+def test_a_build_goes_from_pending_to_running_to_its_result(demo: Any, page: Any) -> None:
+    """A queued build shows P, then R when it starts, then its result letter, all live; the
+    queue and running panels follow; the last-green marker names the green revision."""
+    server, s = demo
+    history(s)
+    feed(server, s)
+    page.goto(server.url + "/")
+    page.wait_for_selector('#connection[data-state="live"][data-transport="websocket"]')
+    assert cell(page, "r1", "linux").text_content() == "S"
+    assert cell(page, "r2", "linux").get_attribute("data-state") == "pending"
+    assert cell(page, "r2", "linux").text_content() == "P"
+    assert "r1" in page.text_content("#lastgreen")
+    page.wait_for_selector("#queue li")
+
+    s.build("started", 3, "linux", "r2", started_at=T0 + 200, at=T0 + 200)
+    s.request("claimed", 3, "linux", "r2", at=T0 + 200)
+    feed(server, s)
+    page.wait_for_selector('td.cell[data-rev="r2"][data-builder="linux"][data-state="running"]')
+    assert cell(page, "r2", "linux").text_content() == "R"
+    page.wait_for_selector("#running li[data-build='bm1/3']")
+
+    s.build("finished", 3, "linux", "r2", result="failure", started_at=T0 + 200, at=T0 + 260)
+    feed(server, s)
+    page.wait_for_selector('td.cell[data-rev="r2"][data-builder="linux"][data-state="failure"]')
+    assert cell(page, "r2", "linux").text_content() == "F"
+    assert "failure" in cell(page, "r2", "linux").get_attribute("aria-label")
+    page.wait_for_function("document.querySelectorAll('#running li').length === 0")
+
+
+def test_clicking_or_keyboard_opens_the_builds_details(demo: Any, page: Any) -> None:
+    """Enter on a focused cell (reached with the arrow keys) shows steps, durations,
+    properties and links; Escape closes it and gives focus back."""
+    server, s = demo
+    history(s)
+    feed(server, s)
+    page.goto(server.url + "/")
+    page.wait_for_selector('#connection[data-state="live"]')
+    first = page.locator('td.cell[tabindex="0"]')
+    first.focus()
+    page.keyboard.press("ArrowDown")
+    focused = page.evaluate("document.activeElement.dataset.rev + '/' + document.activeElement.dataset.builder")
+    assert focused.startswith("r1/"), focused
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#details:not([hidden]) td:has-text('compile')")
+    body = page.text_content("#details")
+    assert "success" in body and "29s" in body and "binary_url" in body
+    assert page.locator("#details a[href='https://ci.example.invalid/bin.tgz']").count() == 1
+    assert page.locator("#details a[href='https://ci.example.invalid/log']").count() == 1
+    page.keyboard.press("Escape")
+    page.wait_for_selector("#details", state="hidden")
+    assert page.evaluate("document.activeElement.dataset.rev") == "r1"
+
+
+def test_filters_live_in_the_url(demo: Any, page: Any) -> None:
+    """The builder filter narrows the columns and is kept in the URL, so the view can be shared."""
+    server, s = demo
+    history(s)
+    feed(server, s)
+    page.goto(server.url + "/")
+    page.wait_for_selector('#connection[data-state="live"]')
+    page.fill("#builder", "mac*")
+    page.click("#filters button[type=submit]")
+    page.wait_for_url("**builder=mac*")
+    page.wait_for_selector('#connection[data-state="live"]')
+    assert page.locator('td.cell[data-builder="linux"]').count() == 0
+    assert page.locator('td.cell[data-builder="mac"]').count() >= 1
+    shared = page.url
+    other = page.context.new_page()
+    other.goto(shared)
+    other.wait_for_selector('td.cell[data-builder="mac"]')
+    assert other.locator('td.cell[data-builder="linux"]').count() == 0
+    assert other.input_value("#builder") == "mac*"
+
+
+def test_recovers_after_the_server_restarts_without_reloading(demo: Any, page: Any) -> None:
+    """When the server goes away the page says so, reconnects by itself when it is back, and
+    resumes from its cursor: events published meanwhile arrive, and the page never reloads."""
+    server, s = demo
+    history(s)
+    feed(server, s)
+    page.goto(server.url + "/")
+    page.wait_for_selector('#connection[data-state="live"]')
+    page.evaluate("window.__notReloaded = true")
+    assert server.stop() == 0
+    page.wait_for_selector('#connection[data-state="reconnecting"]')
+    restart_on_same_port(server)
+    s.build("started", 3, "linux", "r2", started_at=T0 + 200, at=T0 + 200)
+    s.build("finished", 3, "linux", "r2", result="success", started_at=T0 + 200, at=T0 + 210)
+    feed(server, s)
+    page.wait_for_selector('td.cell[data-rev="r2"][data-builder="linux"][data-state="success"]')
+    page.wait_for_selector('#connection[data-state="live"]')
+    assert page.evaluate("window.__notReloaded") is True
+
+
+def test_falls_back_to_long_poll_when_websocket_is_blocked(demo: Any, page: Any) -> None:
+    """With every WebSocket closed before it can subscribe (as a proxy that blocks them would),
+    the page switches to long-poll, says so, and still updates live."""
+    server, s = demo
+    history(s)
+    feed(server, s)
+    page.route_web_socket("**/ws", lambda ws: ws.close())
+    page.goto(server.url + "/")
+    page.wait_for_selector('#connection[data-state="live"][data-transport="long-poll"]')
+    s.build("started", 3, "linux", "r2", started_at=T0 + 200, at=T0 + 200)
+    feed(server, s)
+    page.wait_for_selector('td.cell[data-rev="r2"][data-builder="linux"][data-state="running"]')
+    s.build("finished", 3, "linux", "r2", result="warnings", started_at=T0 + 200, at=T0 + 210)
+    feed(server, s)
+    page.wait_for_selector('td.cell[data-rev="r2"][data-builder="linux"][data-state="warnings"]')
+
+
+def restart_on_same_port(server: ServerProcess) -> None:
+    """Start the server process again on its old port and database (a restart, not a new server)."""
+    import subprocess
+
+    from tests.e2e.conftest import serve_command
+
+    args = ["--listen", f"tcp:{server.port}:interface=127.0.0.1", "--db", str(server.db)]
+    for name, token in server.tokens.items():
+        args += ["--master-token", f"{name}={token}"]
+    with open(server.log_path, "ab") as log:
+        server.proc = subprocess.Popen(serve_command(*args), stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+    assert server._wait_ready(), server.log()
