@@ -321,19 +321,26 @@ class BuildState:
     # Bounds.
 
     def _forget_builds(self) -> None:
-        excess = len(self.builds) - self.max_builds
-        if excess <= 0:
-            return
-        for key in [k for k, b in self.builds.items() if b["finished"]][:excess]:
-            del self.builds[key]
+        self._forget(self.builds, self.max_builds, lambda b: b["finished"])
 
     def _forget_requests(self) -> None:
-        excess = len(self.requests) - self.max_requests
+        self._forget(self.requests, self.max_requests, lambda r: r["status"] in ("completed", "cancelled"))
+
+    @staticmethod
+    def _forget(table: OrderedDict[Key, Any], limit: int, done: Any) -> None:
+        """Drop the oldest finished entries past ``limit``.  The scan stops as soon as enough are
+        found, so it costs the few unfinished entries at the front, not the whole table."""
+        excess = len(table) - limit
         if excess <= 0:
             return
-        done = [k for k, r in self.requests.items() if r["status"] in ("completed", "cancelled")]
-        for key in done[:excess]:
-            del self.requests[key]
+        victims = []
+        for key, entry in table.items():
+            if done(entry):
+                victims.append(key)
+                if len(victims) == excess:
+                    break
+        for key in victims:
+            del table[key]
 
     def _sample(self, table: dict[Any, deque[tuple[float, float]]], key: Any, sample: tuple[float, float]) -> None:
         samples = table.get(key)

@@ -235,31 +235,68 @@
     requestAnimationFrame(() => { renderPending = false; renderGrid(); });
   }
 
-  let focusKey = null;
+  // Rows are virtualized: only those in (or near) the scrolled view are in the DOM, between two
+  // spacer rows of the right height, so 500 revisions x 200 builders stay as cheap as 40 x 200.
+  const ROW_HEIGHT = 22;                                      // px; fixed in dashboard.css
+  const OVERSCAN = 15;                                        // rows rendered above and below the view
+  const grid = { names: [], rows: [], range: [0, 0] };
+  const wrap = $("grid-wrap");
+  let focusKey = null;                                        // revision + "\0" + builder of the roving cell
+
   function renderGrid() {
     const { names, groups } = columns();
-    const rows = model.rows.slice(0, view.limit);
-    ui.empty.hidden = rows.length > 0;
+    grid.names = names;
+    grid.rows = model.rows.slice(0, view.limit);
+    ui.empty.hidden = grid.rows.length > 0;
     const out = ['<thead><tr class="groups"><th scope="col" rowspan="2" class="rev">revision</th>'];
     for (const g of groups) out.push(`<th scope="colgroup" colspan="${g.count}">${esc(g.name)}</th>`);
     out.push('</tr><tr class="builders">');
     for (const n of names) out.push(`<th scope="col" title="${esc(n)}"><span>${esc(n)}</span></th>`);
-    out.push("</tr></thead><tbody>");
-    for (const row of rows) {
+    out.push("</tr></thead><tbody></tbody>");
+    ui.table.innerHTML = out.join("");
+    ui.table.setAttribute("aria-rowcount", String(grid.rows.length + 2));
+    renderRows(true);
+  }
+
+  function viewRows() {                                      // the rows actually in the scrolled view
+    const head = ui.table.tHead ? ui.table.tHead.offsetHeight : 0;
+    const first = Math.floor(Math.max(0, wrap.scrollTop - head) / ROW_HEIGHT);
+    return [first, Math.min(grid.rows.length, first + Math.ceil((wrap.clientHeight || 800) / ROW_HEIGHT) + 1)];
+  }
+
+  function spacer(rows) {
+    return rows > 0 ? `<tr class="spacer" aria-hidden="true"><td colspan="${grid.names.length + 1}" style="height:${rows * ROW_HEIGHT}px"></td></tr>` : "";
+  }
+
+  function renderRows(force) {
+    const [v0, v1] = viewRows();
+    // Re-render only when the view leaves the rendered rows: about once per OVERSCAN rows scrolled.
+    if (!force && v0 >= grid.range[0] && v1 <= grid.range[1]) return;
+    const a = Math.max(0, v0 - OVERSCAN), b = Math.min(grid.rows.length, v1 + OVERSCAN);
+    grid.range = [a, b];
+    const out = [spacer(a)];
+    for (let i = a; i < b; i++) {
+      const row = grid.rows[i];
       const who = row.author ? ` — ${esc(row.author)}` : "";
-      const title = esc(row.comments || "");
-      out.push(`<tr data-rev="${esc(row.revision)}"${row.revision === model.lastGreen ? ' class="green"' : ""}>`);
-      out.push(`<th scope="row" class="rev" title="${title}">${esc(row.revision.slice(0, 12))}${who}</th>`);
-      for (const n of names) out.push(cellHTML(row, n));
+      out.push(`<tr data-rev="${esc(row.revision)}" aria-rowindex="${i + 3}"${row.revision === model.lastGreen ? ' class="green"' : ""}>`);
+      out.push(`<th scope="row" class="rev" title="${esc(row.comments || "")}">${esc(row.revision.slice(0, 12))}${who}</th>`);
+      for (const n of grid.names) out.push(cellHTML(row, n));
       out.push("</tr>");
     }
-    out.push("</tbody>");
-    ui.table.innerHTML = out.join("");
+    out.push(spacer(grid.rows.length - b));
+    const hadFocus = ui.table.contains(document.activeElement);
+    ui.table.tBodies[0].innerHTML = out.join("");
     cellEls.clear();
-    for (const td of ui.table.querySelectorAll("td.cell")) cellEls.set(td.dataset.rev + "\0" + td.dataset.builder, td);
-    const first = (focusKey && cellEls.get(focusKey)) || ui.table.querySelector("td.cell");
-    if (first) first.tabIndex = 0;
+    for (const td of ui.table.tBodies[0].querySelectorAll("td.cell")) cellEls.set(td.dataset.rev + "\0" + td.dataset.builder, td);
+    const roving = (focusKey && cellEls.get(focusKey)) || (!focusKey && ui.table.querySelector("td.cell"));
+    if (roving) {
+      roving.tabIndex = 0;
+      if (hadFocus) roving.focus({ preventScroll: true });
+    }
   }
+
+  wrap.addEventListener("scroll", () => requestAnimationFrame(() => renderRows(false)), { passive: true });
+  window.addEventListener("resize", () => requestAnimationFrame(() => renderRows(false)));
 
   function cellDescription(row, name, c) {
     if (!c) return `${name} at ${row.revision.slice(0, 12)}: not built`;
@@ -283,7 +320,10 @@
 
   function paintCell(row, name) {
     const td = cellEls.get(row.revision + "\0" + name);
-    if (!td) { scheduleRender(); return; }
+    if (!td) {
+      if (!grid.names.includes(name)) scheduleRender();      // a new column
+      return;                                                 // an off-screen row: painted when shown
+    }
     const c = row.builders[name];
     const cls = cellClass(c);
     td.className = `cell ${cls}`;
@@ -391,20 +431,35 @@
     focusKey = td.dataset.rev + "\0" + td.dataset.builder;
   }
 
+  function focusCell(rowIndex, colIndex) {
+    rowIndex = Math.max(0, Math.min(grid.rows.length - 1, rowIndex));
+    colIndex = Math.max(0, Math.min(grid.names.length - 1, colIndex));
+    const key = grid.rows[rowIndex].revision + "\0" + grid.names[colIndex];
+    let td = cellEls.get(key);
+    if (!td) {                                                // scroll the row into view, render, focus
+      const head = ui.table.tHead.offsetHeight;
+      wrap.scrollTop = Math.max(0, head + rowIndex * ROW_HEIGHT - wrap.clientHeight / 2);
+      renderRows(true);
+      td = cellEls.get(key);
+    }
+    if (td) { moveFocus(td); td.scrollIntoView({ block: "nearest", inline: "nearest" }); }
+  }
+
   ui.table.addEventListener("keydown", (e) => {
     const td = e.target.closest("td.cell");
     if (!td) return;
-    const tr = td.parentElement;
-    const index = [...tr.children].indexOf(td);
-    let next = null;
-    if (e.key === "ArrowRight") next = td.nextElementSibling;
-    else if (e.key === "ArrowLeft") next = td.previousElementSibling;
-    else if (e.key === "ArrowDown") next = tr.nextElementSibling && tr.nextElementSibling.children[index];
-    else if (e.key === "ArrowUp") next = tr.previousElementSibling && tr.previousElementSibling.children[index];
-    else if ((e.key === "Enter" || e.key === " ") && td.dataset.build) { e.preventDefault(); showDetails(td.dataset.build, td); return; }
-    else return;
+    const row = grid.rows.findIndex((r) => r.revision === td.dataset.rev);
+    const col = grid.names.indexOf(td.dataset.builder);
+    const page = Math.max(1, Math.floor(wrap.clientHeight / ROW_HEIGHT) - 1);
+    const moves = {
+      ArrowRight: [0, 1], ArrowLeft: [0, -1], ArrowDown: [1, 0], ArrowUp: [-1, 0],
+      PageDown: [page, 0], PageUp: [-page, 0], Home: [0, -col], End: [0, grid.names.length],
+    };
+    if ((e.key === "Enter" || e.key === " ") && td.dataset.build) { e.preventDefault(); showDetails(td.dataset.build, td); return; }
+    const move = moves[e.key];
+    if (!move) return;
     e.preventDefault();
-    if (next && next.matches("td.cell")) moveFocus(next);
+    focusCell(row + move[0], col + move[1]);
   });
 
   ui.builder.value = view.builder;
@@ -489,7 +544,7 @@
     }
   }
 
-  window.firehoseDashboard = { model, conn, view };           // for tests and the curious
+  window.firehoseDashboard = { model, conn, view, grid };     // for tests and the curious
 
   (async function start() {
     for (let i = 0; ; i++) {
