@@ -11,19 +11,17 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from firehose import __version__
-from firehose.journal import Retention
-from firehose.service import (
-    DEFAULT_LISTEN,
-    TOKENS_ENV,
-    Config,
-    ConfigError,
-    load_config_file,
-    parse_token,
-    tokens_from_env,
-)
+
+if TYPE_CHECKING:
+    from firehose.service import Config
+
+# Kept in step with firehose.service, which the client commands never import (it is slow to
+# import: it brings autobahn and the whole site).
+DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
+TOKENS_ENV = "FIREHOSE_MASTER_TOKENS"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -65,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Config:
     """Environment, then config file, then flags: each later one wins."""
+    from firehose.journal import Retention
+    from firehose.service import Config, ConfigError, load_config_file, parse_token, tokens_from_env
+
     config = Config(tokens=tokens_from_env(environ))
     from firehose.webhooks import ADMIN_TOKEN_ENV
 
@@ -100,7 +101,7 @@ def _serve(config: Config) -> int:
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
     from firehose.journal import JournalError
-    from firehose.service import FirehoseServer
+    from firehose.service import ConfigError, FirehoseServer
 
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
     server = FirehoseServer(config, reactor)
@@ -138,6 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parse_args(parser, argv)
     if args.command == "serve":
+        from firehose.service import ConfigError
+
         try:
             config = config_from_args(args)
         except ConfigError as exc:

@@ -59,3 +59,10 @@ def test_bad_config_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     """The command exits 2 with one clear line for a bad token."""
     assert main(["serve", "--master-token", "nonsense"]) == 2
     assert "NAME=TOKEN" in capsys.readouterr().err
+
+
+def test_cli_constants_match_the_service() -> None:
+    """The CLI keeps copies of two constants (to stay fast to import); they must not drift."""
+    from firehose import cli, service
+
+    assert (cli.DEFAULT_LISTEN, cli.TOKENS_ENV) == (service.DEFAULT_LISTEN, service.TOKENS_ENV)
