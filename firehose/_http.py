@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.web.resource import Resource
 from twisted.web.server import Request
 
+from firehose.cursor import CursorError
 from firehose.event import dumps
+from firehose.filters import FilterError
 
 CORS_HEADERS = {
     b"access-control-allow-origin": b"*",
@@ -34,6 +37,27 @@ def json_body(request: Request, code: int, obj: Any) -> bytes:
 def error_body(request: Request, code: int, error: str, message: str) -> bytes:
     """A 4xx/5xx answer: ``{"error": "<code>", "message": "<what is wrong>"}``."""
     return json_body(request, code, {"error": error, "message": message})
+
+
+def bad_argument(request: Request, exc: ValueError) -> bytes:
+    """The 400 for a request argument that cannot be used, its code naming the kind."""
+    if isinstance(exc, FilterError):
+        code = "bad_filter"
+    elif isinstance(exc, CursorError):
+        code = "bad_cursor"
+    else:
+        code = "bad_request"
+    return error_body(request, 400, code, str(exc))
+
+
+class ReadResource(Resource):
+    """A public read endpoint: any origin may use it, preflight included."""
+
+    isLeaf = True
+
+    def render_OPTIONS(self, request: Request) -> bytes:
+        allow_cors(request)
+        return b""
 
 
 def query_args(request: Request) -> dict[str, list[str]]:

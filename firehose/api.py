@@ -16,8 +16,17 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from firehose._http import allow_cors, error_body, json_body, number_arg, query_args, single
-from firehose.filters import Filter, FilterError, parse_query
+from firehose._http import (
+    ReadResource,
+    allow_cors,
+    bad_argument,
+    error_body,
+    json_body,
+    number_arg,
+    query_args,
+    single,
+)
+from firehose.filters import Filter, parse_query
 from firehose.hub import Hub
 from firehose.state import BuildRecord, BuildState, RecordView, RequestRecord
 
@@ -38,19 +47,14 @@ class _Name:
         return (self.name,) if field == "builder" else ()
 
 
-class _Endpoint(Resource):
-    """A GET answered by ``answer(args)``; ValueError/FilterError become 400s naming the problem."""
+class _Endpoint(ReadResource):
+    """A GET answered by ``answer(args)``; a bad argument is a 400 naming the problem."""
 
-    isLeaf = True
     reserved: tuple[str, ...] = _PAGING
 
     def __init__(self, api: ApiResource) -> None:
         super().__init__()
         self.api = api
-
-    def render_OPTIONS(self, request: Request) -> bytes:
-        allow_cors(request)
-        return b""
 
     def render_GET(self, request: Request) -> bytes:
         allow_cors(request)
@@ -59,12 +63,10 @@ class _Endpoint(Resource):
             flt = parse_query(args, self.reserved)
             path = [p.decode("utf-8", "replace") for p in request.postpath or () if p]
             body = self.answer(args, flt, path)
-        except FilterError as exc:
-            return error_body(request, 400, "bad_filter", str(exc))
         except NotFound as exc:
             return error_body(request, 404, "not_found", str(exc.args[0]))
         except ValueError as exc:
-            return error_body(request, 400, "bad_request", str(exc))
+            return bad_argument(request, exc)
         body["cursor"] = self.api.cursor
         return json_body(request, 200, body)
 

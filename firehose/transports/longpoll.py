@@ -10,13 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from firehose._http import allow_cors, error_body, number_arg, query_args, single
-from firehose.cursor import CursorError
+from firehose._http import ReadResource, allow_cors, bad_argument, number_arg, query_args, single
 from firehose.event import Event, dumps
-from firehose.filters import FilterError, parse_query
+from firehose.filters import parse_query
 from firehose.hub import Hub, Subscription
 
 RESERVED = ("since", "timeout", "limit")
@@ -78,13 +76,11 @@ class _PollSink:
         self.timer = None
 
 
-class PollResource(Resource):
+class PollResource(ReadResource):
     """Long-poll endpoint.
 
     :param default_timeout: seconds to hold a request when ``timeout`` is not given.
     """
-
-    isLeaf = True
 
     def __init__(
         self,
@@ -101,27 +97,17 @@ class PollResource(Resource):
         self.max_timeout = max_timeout
         self.max_limit = max_limit
 
-    def render_OPTIONS(self, request: Request) -> bytes:
-        allow_cors(request)
-        return b""
-
     def render_GET(self, request: Request) -> bytes | int:
         allow_cors(request)
         args = query_args(request)
         try:
-            since = single(args, "since")
             timeout = number_arg(args, "timeout", self.default_timeout, 0, self.max_timeout)
             limit = int(number_arg(args, "limit", 100, 1, self.max_limit))
-            flt = parse_query(args, RESERVED)
-        except FilterError as exc:
-            return error_body(request, 400, "bad_filter", str(exc))
+            sink = _PollSink(request, limit)
+            sub = self.hub.subscribe(sink, parse_query(args, RESERVED), single(args, "since"), "longpoll",
+                                     page_size=limit)
         except ValueError as exc:
-            return error_body(request, 400, "bad_request", str(exc))
-        sink = _PollSink(request, limit)
-        try:
-            sub = self.hub.subscribe(sink, flt, since, "longpoll", page_size=limit)
-        except CursorError as exc:
-            return error_body(request, 400, "bad_cursor", str(exc))
+            return bad_argument(request, exc)
         sink.subscription = sub
         request.setHeader(b"cache-control", b"no-store")
         request.notifyFinish().addBoth(sink.cleanup)

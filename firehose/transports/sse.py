@@ -12,13 +12,11 @@ from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
-from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from firehose._http import allow_cors, error_body, query_args, single
-from firehose.cursor import CursorError
+from firehose._http import ReadResource, allow_cors, bad_argument, query_args, single
 from firehose.event import Event, dumps
-from firehose.filters import FilterError, parse_query
+from firehose.filters import parse_query
 from firehose.hub import Hub, Subscription
 from firehose.transports import SubscriptionProducer
 
@@ -61,7 +59,7 @@ class _SSESink:
             self.request.finish()
 
 
-class SSEResource(Resource):
+class SSEResource(ReadResource):
     """The SSE endpoint.  One heartbeat timer serves every open stream, running only while
     there are streams, so ten thousand quiet readers cost one timer, not ten thousand."""
 
@@ -81,26 +79,16 @@ class SSEResource(Resource):
             if sink.open:
                 sink.request.write(b": keepalive\n\n")
 
-    def render_OPTIONS(self, request: Request) -> bytes:
-        allow_cors(request)
-        return b""
-
     def render_GET(self, request: Request) -> bytes | int:
         allow_cors(request)
         args = query_args(request)
+        sink = _SSESink(request)
         try:
             header = request.getHeader(b"last-event-id")
             since = header.decode("utf-8", "replace").strip() if header else single(args, "since")
-            flt = parse_query(args, RESERVED)
-        except FilterError as exc:
-            return error_body(request, 400, "bad_filter", str(exc))
+            sub = self.hub.subscribe(sink, parse_query(args, RESERVED), since, "sse")
         except ValueError as exc:
-            return error_body(request, 400, "bad_request", str(exc))
-        sink = _SSESink(request)
-        try:
-            sub = self.hub.subscribe(sink, flt, since, "sse")
-        except CursorError as exc:
-            return error_body(request, 400, "bad_cursor", str(exc))
+            return bad_argument(request, exc)
         sink.subscription = sub
         transport: Any = request.channel.transport
         if hasattr(transport, "setTcpNoDelay"):
