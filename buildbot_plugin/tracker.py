@@ -391,6 +391,9 @@ class Tracker:
             known = yield self._buildset(bsid)
             stamps = known["sourcestamps"] if known else []
             data = convert.buildset_data(payload, builders=known["builders"] if known else [])
+            if data["scheduler"] is None and known:
+                # Buildbot's buildsets/*/complete message has no scheduler; its new one had.
+                data["scheduler"] = known.get("scheduler")
             if not data["sourcestamps"]:
                 data["sourcestamps"] = stamps
                 data.update(convert.top_source(stamps))

@@ -64,7 +64,14 @@ def _parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Config:
     """Environment, then config file, then flags: each later one wins."""
     from firehose.journal import Retention
-    from firehose.service import Config, ConfigError, load_config_file, parse_token, tokens_from_env
+    from firehose.service import (
+        Config,
+        ConfigError,
+        check_config,
+        load_config_file,
+        parse_token,
+        tokens_from_env,
+    )
 
     config = Config(tokens=tokens_from_env(environ))
     from firehose.webhooks import ADMIN_TOKEN_ENV
@@ -92,7 +99,7 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = 
         config.synchronous = args.synchronous
     if getattr(args, "webhook_admin_token", None):
         config.webhooks.admin_token = args.webhook_admin_token
-    return config
+    return check_config(config)
 
 
 def _serve(config: Config) -> int:

@@ -117,12 +117,24 @@ def load_config_file(path: str, config: Config) -> Config:
     return config
 
 
+def check_config(config: Config) -> Config:
+    """Refuse what would only fail later: two masters sharing a token (the server could not tell
+    them apart, so one of them would be refused forever)."""
+    owners: dict[str, str] = {}
+    for master, token in sorted(config.tokens.items()):
+        if token in owners:
+            raise ConfigError(f"masters {owners[token]!r} and {master!r} have the same token: give each its own")
+        owners[token] = master
+    return config
+
+
 class FirehoseServer:
     """One server: a journal, a hub and the HTTP site on one listening port."""
 
     log = Logger()
 
     def __init__(self, config: Config, reactor: Any = None) -> None:
+        check_config(config)
         if reactor is None:
             from twisted.internet import reactor as _reactor
 

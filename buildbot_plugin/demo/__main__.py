@@ -69,12 +69,17 @@ def start(directory: str) -> subprocess.Popen[bytes]:
 
 
 def stop(children: list[subprocess.Popen[bytes]], timeout: float = 15.0) -> None:
-    """SIGTERM every child, wait (bounded), then SIGKILL what is left."""
+    """SIGTERM the children one after the other, in order (the master before its worker), each
+    waited for (bounded, ``timeout`` in all) and SIGKILLed if it does not exit.
+
+    Not all at once: a worker that leaves while the master is starting a build can leave that
+    build stuck in Buildbot 4.3 (``'NoneType' object has no attribute 'workername'``), and the
+    master's clean shutdown then waits for it until it is killed, without ``master.stopped``.
+    """
+    deadline = time.monotonic() + timeout
     for p in children:
         if p.poll() is None:
             p.terminate()
-    deadline = time.monotonic() + timeout
-    for p in children:
         try:
             p.wait(max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:

@@ -134,6 +134,21 @@ def test_tracker_makes_out_of_order_messages_coherent() -> None:
     assert data.calls == [("builds", 1, "properties")]
 
 
+def test_tracker_buildset_completed_keeps_scheduler() -> None:
+    """Buildbot's ``buildsets/N/complete`` has no ``scheduler`` (its ``new`` has): the completed
+    event still names the scheduler (found with the real server, test_plugin_realserver)."""
+    data = FakeData()
+    t = Tracker(fetch=data.get, redactor=convert.Redactor(), seconds=lambda: 0.0)
+    t.preload()
+    bs = {"bsid": 1, "reason": "r", "scheduler": "on-change", "sourcestamps": [], "submitted_at": 1767225600,
+          "complete": False, "complete_at": None, "results": None}
+    done = {k: v for k, v in bs.items() if k != "scheduler"}
+    done.update(complete=True, complete_at=T0, results=0)
+    events = _run(t, [(("buildsets", "1", "new"), bs), (("buildsets", "1", "complete"), done)])
+    assert [(ty, d["scheduler"]) for ty, d in events] == [("buildset.submitted", "on-change"),
+                                                          ("buildset.completed", "on-change")]
+
+
 def test_tracker_fetches_a_build_held_too_long() -> None:
     """If the build's own message never comes, tick() fetches it after hold_seconds."""
     data = FakeData()

@@ -34,10 +34,13 @@ class RealProcessesTest(unittest.TestCase):
         yield wait_for(lambda: ingest.of_type("master.started"), timeout=60, what="master.started")
         children.append(start(worker_dir))
         yield wait_for(lambda: ingest.of_type("build.finished"), timeout=90, what="a finished build")
-        for p in children:  # SIGTERM without blocking: this reactor also runs the server
-            p.terminate()
+        # SIGTERM without blocking (this reactor also runs the server), the master before the
+        # worker (see buildbot_plugin.demo.__main__.stop).
+        children[0].terminate()
         yield wait_for(lambda: ingest.of_type("master.stopped"), timeout=30, what="master.stopped")
-        yield wait_for(lambda: all(p.poll() is not None for p in children), timeout=30, what="children exit")
+        yield wait_for(lambda: children[0].poll() is not None, timeout=30, what="master exits")
+        children[1].terminate()
+        yield wait_for(lambda: children[1].poll() is not None, timeout=30, what="worker exits")
 
         seqs = [e["seq"] for e in ingest.events]
         self.assertEqual(seqs, list(range(1, len(seqs) + 1)))
@@ -55,3 +58,31 @@ class RealProcessesTest(unittest.TestCase):
         lines = [ln for e in ingest.of_type("log.lines") for ln in e["data"]["lines"]]
         self.assertIn("test_0 ... ok", lines)
         self.assertFalse([ln for ln in lines if ln.startswith("  PATH=")])
+
+
+def test_demo_stop_terminates_master_before_worker() -> None:
+    """``stop`` SIGTERMs the children one at a time, in order, waiting for each: the worker
+    stays until the master has shut down (a worker leaving mid-build-start can hang it)."""
+    calls: list[tuple[str, str]] = []
+
+    class Child:
+        def __init__(self, name: str) -> None:
+            self.name = name
+            self.returncode: int | None = None
+
+        def poll(self) -> int | None:
+            return self.returncode
+
+        def terminate(self) -> None:
+            calls.append((self.name, "terminate"))
+
+        def wait(self, timeout: float) -> int:
+            calls.append((self.name, "wait"))
+            self.returncode = 0
+            return 0
+
+        def kill(self) -> None:
+            calls.append((self.name, "kill"))
+
+    stop([Child("master"), Child("worker")])  # type: ignore[list-item]
+    assert calls == [("master", "terminate"), ("master", "wait"), ("worker", "terminate"), ("worker", "wait")]

@@ -66,3 +66,13 @@ def test_cli_constants_match_the_service() -> None:
     from firehose import cli, service
 
     assert (cli.DEFAULT_LISTEN, cli.TOKENS_ENV) == (service.DEFAULT_LISTEN, service.TOKENS_ENV)
+
+
+def test_two_masters_with_one_token_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    """A token shared by two masters is a config error (exit 2), not a master refused forever."""
+    assert main(["serve", "--master-token", "a=same", "--master-token", "b=same"]) == 2
+    assert "same token" in capsys.readouterr().err
+    from firehose.service import FirehoseServer
+
+    with pytest.raises(ConfigError, match="same token"):
+        FirehoseServer(Config(tokens={"a": "x", "b": "x"}))
