@@ -73,6 +73,16 @@ _REQUEST_FIELDS = (
 )
 
 
+def _requested_revision(data: dict[str, Any]) -> str | None:
+    """The revision a build was asked to build (its source stamp), which is where the pushlog
+    files it; ``revision`` prefers ``got_revision``, which a build of a branch's head only
+    learns once it has checked out."""
+    for stamp in data.get("sourcestamps") or ():
+        if isinstance(stamp, dict) and stamp.get("revision"):
+            return str(stamp["revision"])
+    return None
+
+
 _REQUEST_STATUS = {"submitted": "pending", "claimed": "claimed", "completed": "completed",
                    "cancelled": "cancelled"}
 _STATUS_ORDER = {"pending": 0, "claimed": 1, "completed": 2, "cancelled": 2}
@@ -179,7 +189,11 @@ class BuildState:
                 duration = build["complete_at"] - started
             if started is not None and duration is not None:
                 self._sample(self.build_samples, build["builder"], (started, float(duration)))
-        self._cell(build.get("branch"), build.get("revision"), build["builder"], time, build=build)
+        requested = _requested_revision(data)
+        if requested:
+            build["pushed_revision"] = requested
+        self._cell(build.get("branch"), build.get("pushed_revision") or build.get("revision"),
+                   build["builder"], time, build=build)
 
     def _on_step(self, verb: str, master: str, data: dict[str, Any], time: float) -> None:
         build = self._build(master, data)
@@ -201,7 +215,8 @@ class BuildState:
                         self.step_samples, (data["builder"], str(data["name"])),
                         (step.get("complete_at") or time, float(duration)),
                     )
-        self._cell(build.get("branch"), build.get("revision"), data["builder"], time, build=build)
+        self._cell(build.get("branch"), build.get("pushed_revision") or build.get("revision"),
+                   data["builder"], time, build=build)
 
     def _on_request(self, verb: str, master: str, data: dict[str, Any], time: float) -> None:
         key = (master, int(data["buildrequestid"]))

@@ -153,7 +153,10 @@
       const finished = verb === "finished";
       if (finished) model.running.delete(key);
       else model.running.set(key, { ...(model.running.get(key) || {}), ...d, master: ev.master });
-      setCell(ev, d, { state: finished ? "finished" : "running", result: d.result, master: ev.master,
+      // The pushlog files a build under the revision it was asked to build (its source stamp);
+      // `revision` prefers got_revision, which differs for builds of a branch's head.
+      const asked = (d.sourcestamps || []).map((s) => s.revision).find(Boolean);
+      setCell(ev, asked ? { ...d, revision: asked } : d, { state: finished ? "finished" : "running", result: d.result, master: ev.master,
         buildid: d.buildid, number: d.number, started_at: d.started_at });
       if (finished) scheduleLastGreen();
       scheduleLists();

@@ -252,3 +252,19 @@ class StateTests(SynchronousTestCase):
         self.feed(self.m1)
         self.assertLessEqual(len(self.state.builds), 6)
         self.assertIn(("m1", 100), self.state.builds)
+
+
+class PushlogRevisionTests(SynchronousTestCase):
+    def test_build_is_filed_under_the_requested_revision_not_got_revision(self) -> None:
+        """A build whose got_revision differs from its source stamp (a build of a branch head
+        resolves it at checkout) stays in the row of the revision that was asked for."""
+        journal = MemoryJournal(epoch="e1")
+        state = BuildState()
+        self.successResultOf(state.rebuild(journal))
+        s = Scenario("m1")
+        s.request("submitted", 1, "linux", "asked", at=T0)
+        s.build("finished", 1, "linux", "resolved", result="success", started_at=T0, at=T0 + 9,
+                sourcestamps=[{"branch": "main", "revision": "asked"}])
+        self.successResultOf(journal.append(s.take()))
+        (row,) = state.branch_revisions("main")
+        self.assertEqual((row["revision"], row["builders"]["linux"]["state"]), ("asked", "finished"))
