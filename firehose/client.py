@@ -712,10 +712,12 @@ def wait(
     # History, filtered by the server on the revision: cheap even with a long journal.
     history = Stream(url, {"revision": [revision]}, since, stop_after=timeout, fail_fast=fail_fast,
                      poll_timeout=0.5, limit=1000)
+    first_match: str | None = None
     for _ in range(1_000_000):
         batch = history.fetch()
         for event in batch:
             if is_event(event):
+                first_match = first_match or event["id"]
                 line = tracker.feed(event)
                 if line:
                     progress(line)
@@ -723,11 +725,13 @@ def wait(
             break
     if tracker.done or history.timed_out:
         return tracker.result(timed_out=history.timed_out and not tracker.done)
-    # Live (and anything after the history): every request/build event, matched here, because
-    # a build's revision may differ from the one submitted (got_revision) and still belong.
+    # Live: every request/build event, matched here, because a build's revision may differ from
+    # the one submitted (got_revision) and still belong.  The history's filter hid such events,
+    # and its cursor has moved past them: so follow from the first event the history found (the
+    # tracker takes an event twice harmlessly); with none found, nothing earlier can belong.
     remaining = None if history.deadline is None else history.deadline - time.monotonic()
     live = Stream(url, {"type": _WAIT_TYPES, **({"builder": [builder]} if builder else {})},
-                  history.cursor, stop_after=remaining, limit=1000)
+                  first_match or history.cursor, stop_after=remaining, limit=1000)
     for event in live:
         if not is_event(event):
             continue

@@ -177,3 +177,17 @@ def test_wait_exit_2_on_timeout_while_building(module_server, capsys):
     code, out, _ = main(capsys, "wait", module_server.url, "--revision", "ddd444", "--timeout", "1s")
     assert code == 2
     assert "timed out" in out and "try-slow" in out
+
+
+def test_wait_follows_a_build_whose_finish_names_its_got_revision(module_server, capsys):
+    """A build started for the revision but finishing under its got_revision (a branch-head
+    build) is still followed to its end, even when all of it happened before ``wait`` ran."""
+    events = try_push("eee555", {"try-linux": "success"}, buildsetid=50, first_buildrequestid=50,
+                      first_buildid=50)
+    for event in events:
+        if event["type"] == "build.finished":
+            event["data"]["revision"] = "f" * 40  # got_revision, unknown to the history filter
+    ingest_events(module_server, events, incarnation="wait-got")
+    code, out, err = main(capsys, "wait", module_server.url, "--revision", "eee555", "--timeout", "10s")
+    assert code == 0, out + err
+    assert "all 1 succeeded" in out

@@ -91,3 +91,37 @@ class ApiFromRealMasterTest(RealServerTestBase):
         self.assertEqual(running["cursor"], health["cursor"])
         masters = yield api("/api/masters")
         self.assertEqual([m["master"] for m in masters["masters"]], ["rs-master"])
+
+
+class WaitOnRealBuildsTest(RealServerTestBase):
+    """``firehose wait`` (the real command, as a process) on a real master's builds."""
+
+    @defer.inlineCallbacks
+    def test_wait_exits_0_1_2_as_real_builds_finish(self) -> Any:
+        """Started before the commit is even pushed, ``wait --builder linux-build`` exits 0 once
+        that build succeeds; ``wait`` over all builders exits 1 (flaky-tests failed); a
+        revision nobody builds times out with 2."""
+        import sys
+
+        from realserver_lib import run_buildset
+        from twisted.internet import reactor
+        from twisted.internet.utils import getProcessOutputAndValue
+
+        def wait(*args: str) -> Any:
+            return getProcessOutputAndValue(
+                sys.executable, ["-m", "firehose.cli", "wait", self.server.url, *args], reactor=reactor)
+
+        tested = yield self.master()
+        master = tested.master
+        early = wait("--revision", REV_A, "--builder", "linux-build", "--timeout", "60")
+        yield wait_for(lambda: self.server.server.hub.stats.subscribers["longpoll"] >= 1,
+                       what="the waiting process to subscribe")
+        yield run_buildset(master, lambda: commit(master, REV_A, 0))
+        out, err, code = yield early
+        self.assertEqual(code, 0, (out, err))
+        self.assertIn(b"linux-build", out)
+        out, err, code = yield wait("--revision", REV_A, "--timeout", "60")
+        self.assertEqual(code, 1, (out, err))
+        self.assertIn(b"failure", out)
+        out, err, code = yield wait("--revision", "c" * 40, "--timeout", "1")
+        self.assertEqual(code, 2, (out, err))
