@@ -36,8 +36,9 @@ class Sink(Protocol):
     def gap(self, gap: dict[str, Any], final: bool) -> None:
         """Tell the client of a gap.  ``final``: the subscription has ended (reason ``slow``)."""
 
-    def caught_up(self) -> None:
-        """The replay reached the head: from now on only live events follow."""
+    def replayed(self, caught_up: bool) -> None:
+        """A replay page was read (``position`` has moved on); ``caught_up``: it reached the
+        head, and from now on only live events follow."""
 
 
 class Stats:
@@ -169,6 +170,11 @@ class Subscription:
     def cursor(self) -> str:
         return self.hub.cursor(self.position)
 
+    @property
+    def reading(self) -> bool:
+        """A replay page is being read."""
+        return self._reading
+
     def start(self) -> None:
         """Begin delivery: the gap, if ``since`` needed one, then replay, then live."""
         if self._initial_gap is not None:
@@ -179,7 +185,7 @@ class Subscription:
         if self.seen >= self.hub.journal.head:
             self._attach()
             self.live = True
-            self.sink.caught_up()
+            self.sink.replayed(caught_up=True)
         else:
             self._replay()
 
@@ -223,25 +229,33 @@ class Subscription:
         try:
             while not self.closed and not self.paused:
                 if self.seen < journal.earliest - 1:
-                    # Retention removed events this subscription had not reached yet.
-                    resume = journal.earliest - 1
-                    self.sink.gap(self.hub._gap("expired", self.hub.cursor(self.seen), resume), False)
-                    self.seen = resume
+                    self._expired(journal.earliest - 1)
                 if journal.head - self.seen <= self.page_size:
                     self._attach()
+                head = journal.head
                 page = yield journal.read(self.seen, self.page_size)
                 if self.closed:
                     return
+                first = page[0].offset if page else head + 1
+                if first > self.seen + 1:
+                    # Retention removed events between the read being queued and running.
+                    self._expired(first - 1)
                 self._deliver(page)
                 if len(page) < self.page_size and self._attached:
                     self._go_live()
                     return
+                self.sink.replayed(caught_up=False)
         except Exception:
             self.log.failure("replay failed; ending subscription")
             self.sink.gap(self.hub._gap("error", None, self.seen), final=True)
             self.close()
         finally:
             self._reading = False
+
+    def _expired(self, resume: int) -> None:
+        """Retention removed events this subscription had not reached: say so, skip to ``resume``."""
+        self.sink.gap(self.hub._gap("expired", self.hub.cursor(self.seen), resume), False)
+        self.seen = resume
 
     def _deliver(self, events: list[Event]) -> None:
         """Hand the sink every event after ``seen`` that matches (replay pages)."""
@@ -286,7 +300,7 @@ class Subscription:
         self.live = True
         self._flush()
         if not self.closed:
-            self.sink.caught_up()
+            self.sink.replayed(caught_up=True)
 
     def _flush(self) -> None:
         if self._pending and not self.paused:

@@ -231,6 +231,7 @@ class MemoryJournal(_JournalBase):
     def __init__(self, epoch: str | None = None, retention: Retention | None = None) -> None:
         super().__init__(epoch or _new_epoch(), 0, 1, {})
         self._events: list[Event] = []
+        self._received: list[float] = []  # arrival time of each event, for age retention
         self._retention = retention or Retention(max_age=None, max_events=None)
         #: Set to an exception to make the next writes fail (tests of the failure path).
         self.fail_writes: Exception | None = None
@@ -239,6 +240,7 @@ class MemoryJournal(_JournalBase):
         if self.fail_writes is not None:
             return defer.fail(self.fail_writes)
         self._events.extend(events)
+        self._received.extend([_time.time()] * len(events))
         return defer.succeed(None)
 
     def read(self, after: int, limit: int) -> defer.Deferred[list[Event]]:
@@ -247,12 +249,17 @@ class MemoryJournal(_JournalBase):
         return defer.succeed(self._events[start:stop])
 
     def trim(self) -> defer.Deferred[int]:
-        keep = self._retention.max_events
         removed = 0
+        keep, max_age = self._retention.max_events, self._retention.max_age
         if keep is not None and len(self._events) > keep:
             removed = len(self._events) - keep
-            del self._events[:removed]
-            self.earliest += removed
+        if max_age is not None:
+            oldest_kept = _time.time() - max_age
+            while removed < len(self._received) and self._received[removed] < oldest_kept:
+                removed += 1
+        del self._events[:removed]
+        del self._received[:removed]
+        self.earliest += removed
         return defer.succeed(removed)
 
     def close(self) -> defer.Deferred[None]:

@@ -191,11 +191,14 @@ class FirehoseServer:
             yield journal.close()
             raise
         self.webhooks.start()
-        self._trimmer = LoopingCall(journal.trim)
+        def trim() -> Any:
+            # A failure is logged and the next period tries again: a LoopingCall whose call
+            # fails stops for good, and retention with it.
+            return journal.trim().addErrback(lambda f: self.log.failure("retention failed", f))
+
+        self._trimmer = LoopingCall(trim)
         self._trimmer.clock = self.reactor
-        self._trimmer.start(config.trim_interval, now=True).addErrback(
-            lambda f: self.log.failure("retention failed", f)
-        )
+        self._trimmer.start(config.trim_interval, now=True)
         self.log.info(
             "firehose listening on {url} (journal {db}, epoch {epoch}, {n} events, masters: {masters})",
             url=self.url,

@@ -83,6 +83,9 @@ def _requested_revision(data: dict[str, Any]) -> str | None:
     return None
 
 
+#: How many of the oldest entries eviction looks at for a finished one.
+_SCAN = 256
+
 _REQUEST_STATUS = {"submitted": "pending", "claimed": "claimed", "completed": "completed",
                    "cancelled": "cancelled"}
 _STATUS_ORDER = {"pending": 0, "claimed": 1, "completed": 2, "cancelled": 2}
@@ -139,6 +142,9 @@ class BuildState:
             if len(events) < page:
                 break
             after = events[-1].offset
+        # Everything up to the head is applied (or was removed by retention): answers reflect
+        # the head even when no event is retained, so a snapshot's cursor never looks expired.
+        self.offset = max(self.offset, journal.head)
         journal.listen(self.apply)
 
     def apply(self, events: list[Event]) -> None:
@@ -343,17 +349,23 @@ class BuildState:
 
     @staticmethod
     def _forget(table: OrderedDict[Key, Any], limit: int, done: Any) -> None:
-        """Drop the oldest finished entries past ``limit``.  The scan stops as soon as enough are
-        found, so it costs the few unfinished entries at the front, not the whole table."""
+        """Drop the oldest finished entries past ``limit``, looking at most ``_SCAN`` entries
+        from the oldest.  When those are all unfinished (their ends were lost: a master that
+        vanished without a snapshot), the oldest go anyway, so memory and the cost per event
+        stay bounded whatever happens to the stream."""
         excess = len(table) - limit
         if excess <= 0:
             return
         victims = []
-        for key, entry in table.items():
+        for scanned, (key, entry) in enumerate(table.items()):
+            if scanned >= _SCAN:
+                break
             if done(entry):
                 victims.append(key)
                 if len(victims) == excess:
                     break
+        if not victims:
+            victims = [next(iter(table))]
         for key in victims:
             del table[key]
 

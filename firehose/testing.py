@@ -193,8 +193,8 @@ class FakeClient:
         for event in events:
             self._deliver(dict(event.obj))
 
-    def caught_up(self) -> None:
-        """Nothing to do when the replay reaches the head."""
+    def replayed(self, caught_up: bool) -> None:
+        """Nothing to do as the replay progresses."""
 
     def gap(self, gap: dict[str, Any], final: bool) -> None:
         self._gap(Gap(gap))

@@ -63,11 +63,11 @@ class LimitedRequest(Request):
         return int(getattr(self.channel, "site").max_body)  # noqa: B009 (set by Site)
 
     def gotLength(self, length: int | None) -> None:
-        limit = self._limit()
-        if length is not None and length > limit:
+        if length is not None and length > self._limit():
             self.body_too_large = True
-            length = 0
-        super().gotLength(length)
+        # In memory, always: twisted.web would put a body over 100 kB (or any chunked one) in a
+        # temporary file, written on the reactor thread; the limit bounds the memory instead.
+        self.content = io.BytesIO()
 
     def handleContentChunk(self, data: bytes) -> None:
         if self.body_too_large:

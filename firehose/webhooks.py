@@ -369,8 +369,8 @@ class _Delivery:
         self.buffer.extend(events)
         self._kick()
 
-    def caught_up(self) -> None:
-        """Nothing to do when the replay reaches the head."""
+    def replayed(self, caught_up: bool) -> None:
+        """Nothing to do as the replay progresses."""
 
     def gap(self, gap: dict[str, Any], final: bool) -> None:
         if final:

@@ -27,7 +27,7 @@ class _PollSink:
         self.subscription: Subscription | None = None
         self.timer: IDelayedCall | None = None
         self.done = False
-        #: The timeout passed while the replay was still reading: answer once it catches up.
+        #: The timeout passed while a replay page was being read: answer once it is.
         self.expired = False
 
     def send(self, events: list[Event]) -> None:
@@ -44,20 +44,25 @@ class _PollSink:
     def gap(self, gap: dict[str, Any], final: bool) -> None:
         self.answer(dumps({"events": [], "gap": gap, "cursor": gap["cursor"]}) + b"\n")
 
-    def caught_up(self) -> None:
+    def replayed(self, caught_up: bool) -> None:
         if self.expired:
-            self.timeout()
+            self._empty()
 
     def timeout(self) -> None:
-        """Answer empty, but never before the replay has looked at everything up to the head:
-        'no events' must mean none, not 'not read yet'."""
+        """Answer empty, but not while a replay page is being read: each answer then covers at
+        least one page (so a client polling with ``timeout=0`` makes progress), and ``cursor``
+        moves past what was examined."""
         self.timer = None
         sub = self.subscription
         assert sub is not None
-        if not sub.live:
+        if not sub.live and sub.reading:
             self.expired = True
-            return
-        self.answer(dumps({"events": [], "cursor": sub.cursor}) + b"\n")
+        else:
+            self._empty()
+
+    def _empty(self) -> None:
+        assert self.subscription is not None
+        self.answer(dumps({"events": [], "cursor": self.subscription.cursor}) + b"\n")
 
     def answer(self, body: bytes) -> None:
         if self.done:
@@ -104,8 +109,7 @@ class PollResource(ReadResource):
             timeout = number_arg(args, "timeout", self.default_timeout, 0, self.max_timeout)
             limit = int(number_arg(args, "limit", 100, 1, self.max_limit))
             sink = _PollSink(request, limit)
-            sub = self.hub.subscribe(sink, parse_query(args, RESERVED), single(args, "since"), "longpoll",
-                                     page_size=limit)
+            sub = self.hub.subscribe(sink, parse_query(args, RESERVED), single(args, "since"), "longpoll")
         except ValueError as exc:
             return bad_argument(request, exc)
         sink.subscription = sub

@@ -44,8 +44,8 @@ class _SSESink:
         if self.open:
             self.request.write(b"".join(sse_frame(e) for e in events))
 
-    def caught_up(self) -> None:
-        """Nothing to do when the replay reaches the head."""
+    def replayed(self, caught_up: bool) -> None:
+        """Nothing to do as the replay progresses."""
 
     def gap(self, gap: dict[str, Any], final: bool) -> None:
         if not self.open:

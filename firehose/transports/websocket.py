@@ -79,11 +79,11 @@ class FirehoseWebSocket(WebSocketServerProtocol):
             flt = parse_json(msg.get("filter"))
         except FilterError as exc:
             return self._error("bad_filter", str(exc))
-        self._end_subscription()
         try:
             sub = self.factory.hub.subscribe(self, flt, since, "websocket")
         except CursorError as exc:
-            return self._error("bad_cursor", str(exc))
+            return self._error("bad_cursor", str(exc))  # the current subscription goes on
+        self._end_subscription()
         self.subscription = sub
         if self._producer is not None:
             self._producer.attach(sub)
@@ -110,8 +110,8 @@ class FirehoseWebSocket(WebSocketServerProtocol):
             frames.append(e.ws_frame.payloadHybi)
         self.sendData(b"".join(frames))
 
-    def caught_up(self) -> None:
-        """Nothing to do when the replay reaches the head."""
+    def replayed(self, caught_up: bool) -> None:
+        """Nothing to do as the replay progresses."""
 
     def gap(self, gap: dict[str, Any], final: bool) -> None:
         self._control(gap)

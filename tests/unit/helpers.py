@@ -33,8 +33,8 @@ class RecordingSink:
         assert events, "the hub must never send an empty list"
         self.events.extend(events)
 
-    def caught_up(self) -> None:
-        """Nothing to do when the replay reaches the head."""
+    def replayed(self, caught_up: bool) -> None:
+        """Nothing to do as the replay progresses."""
 
     def gap(self, gap: dict[str, Any], final: bool) -> None:
         self.gaps.append((gap, final))

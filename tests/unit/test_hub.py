@@ -56,9 +56,12 @@ class HubTests(SynchronousTestCase):
         reads: list[defer.Deferred] = []
 
         def slow_read(after: int, limit: int) -> defer.Deferred:
+            # Like the SQLite reader thread: the page is what was published when the read was
+            # queued; events published while it is in flight reach the subscription only live.
+            page = self.successResultOf(real_read(after, limit))
             d: defer.Deferred = defer.Deferred()
             reads.append(d)
-            d.addCallback(lambda _: self.successResultOf(real_read(after, limit)))
+            d.addCallback(lambda _: page)
             return d
 
         journal.read = slow_read  # type: ignore[method-assign]
@@ -207,3 +210,28 @@ class ReplayPositionTests(SynchronousTestCase):
         self.successResultOf(journal.append(batch(6, 7)))  # live, while the read is held
         self.assertFalse(sub.live)
         self.assertEqual(sub.position, 2)
+
+
+class RetentionRaceTests(SynchronousTestCase):
+    def test_events_trimmed_while_a_page_is_read_are_reported_as_a_gap(self) -> None:
+        """Retention removing events between a replay page being queued and read gives an
+        ``expired`` gap for the hole, never silence."""
+        journal = MemoryJournal(epoch="e1", retention=Retention(max_age=None, max_events=50))
+        hub = Hub(journal, page_size=500, max_pending=1000)
+        self.successResultOf(journal.append(batch(1, 100)))
+        reads: list[defer.Deferred] = []
+        real_read = journal.read
+
+        def held(after: int, limit: int) -> defer.Deferred:
+            d: defer.Deferred = defer.Deferred()
+            reads.append(d)
+            return d.addCallback(lambda _: self.successResultOf(real_read(after, limit)))
+
+        journal.read = held  # type: ignore[method-assign]
+        sink = RecordingSink()
+        hub.subscribe(sink, Filter.everything(), "e1:10", "test").start()
+        self.successResultOf(journal.trim())  # removes 1..50 while the read is queued
+        reads.pop().callback(None)
+        (gap, final), = sink.gaps
+        self.assertEqual((gap["reason"], gap["since"], gap["cursor"], final), ("expired", "e1:10", "e1:50", False))
+        self.assertEqual(sink.offsets, list(range(51, 101)))

@@ -203,3 +203,38 @@ class ReadBoundTests(TestCase):
         d.addCallback(appended)
         d.addCallback(lambda events: self.assertEqual([e.offset for e in events], [1, 2]))
         return d
+
+
+class MemoryRetentionTests(TestCase):
+    def test_memory_journal_applies_age_retention(self) -> None:
+        """``max_age`` removes old events from the in-memory journal too."""
+        journal = MemoryJournal(epoch="e1", retention=Retention(max_age=0.0, max_events=None))
+        self.successResultOf(journal.append(batch(1, 5)))
+        self.assertEqual(self.successResultOf(journal.trim()), 5)
+        self.assertEqual((journal.earliest, journal.head), (6, 5))
+
+
+class GroupCommitDedupTests(TestCase):
+    def test_identical_batches_in_one_commit_group_store_once(self) -> None:
+        """Two copies of a batch that wait for the same group commit (a retry racing the
+        original while an earlier write is in flight) are stored once."""
+        journal = MemoryJournal(epoch="e1")
+        held: list[defer.Deferred[None]] = []
+        real_store = journal._store
+
+        def hold_first(events: list[Event]) -> defer.Deferred[None]:
+            if not held:
+                d: defer.Deferred[None] = defer.Deferred()
+                held.append(d)
+                return d.addCallback(lambda _: self.successResultOf(real_store(events)))
+            return real_store(events)
+
+        journal._store = hold_first  # type: ignore[method-assign]
+        first = journal.append(batch(1, 1, incarnation="earlier"))
+        a = journal.append(batch(1, 4))
+        b = journal.append(batch(1, 4))
+        held[0].callback(None)
+        self.successResultOf(first)
+        ra, rb = self.successResultOf(a), self.successResultOf(b)
+        self.assertEqual((len(ra.accepted), len(rb.accepted), rb.duplicates), (4, 0, 4))
+        self.assertEqual(journal.head, 5)

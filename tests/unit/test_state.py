@@ -268,3 +268,30 @@ class PushlogRevisionTests(SynchronousTestCase):
         self.successResultOf(journal.append(s.take()))
         (row,) = state.branch_revisions("main")
         self.assertEqual((row["revision"], row["builders"]["linux"]["state"]), ("asked", "finished"))
+
+
+class BoundsTests(SynchronousTestCase):
+    def test_unfinished_builds_are_bounded_too(self) -> None:
+        """Builds whose end never arrives cannot grow the state past its bound."""
+        journal = MemoryJournal(epoch="e1")
+        state = BuildState(max_builds=50)
+        self.successResultOf(state.rebuild(journal))
+        s = Scenario("m1")
+        for i in range(1, 400):
+            s.build("started", i, "linux", started_at=T0 + i, at=T0 + i)
+        self.successResultOf(journal.append(s.take()))
+        self.assertLessEqual(len(state.builds), 51)
+        self.assertIn(("m1", 399), state.builds)
+
+    def test_snapshot_cursor_is_the_head_even_when_nothing_is_retained(self) -> None:
+        """After retention removed every event, a rebuilt state still reflects the head."""
+        from firehose.journal import Retention
+
+        journal = MemoryJournal(epoch="e1", retention=Retention(max_age=None, max_events=0))
+        self.successResultOf(journal.append(Scenario("m1").take() or [
+            {"master": "m1", "incarnation": "i", "seq": 1, "type": "worker.connected", "time": T0,
+             "data": {"worker": "w"}}]))
+        self.successResultOf(journal.trim())
+        state = BuildState()
+        self.successResultOf(state.rebuild(journal))
+        self.assertEqual(state.offset, journal.head)

@@ -110,6 +110,7 @@ class _Collector:
 
     def __init__(self) -> None:
         self.chunks: list[bytes] = []
+        self.ended: Any = None
 
     def makeConnection(self, transport: Any) -> None:
         self.transport = transport
@@ -117,7 +118,8 @@ class _Collector:
     def dataReceived(self, data: bytes) -> None:
         self.chunks.append(data)
 
-    def connectionLost(self, reason: Any) -> None: ...
+    def connectionLost(self, reason: Any) -> None:
+        self.ended = reason
 
 
 class SSETests(_Base):
@@ -181,6 +183,9 @@ class SSETests(_Base):
         self.assertEqual(msgs[-1]["event"], "gap")
         self.assertEqual(loads(msgs[-1]["data"])["reason"], "slow")
         self.assertEqual(msgs[-1]["id"], "e1:0")
+        from twisted.web.client import ResponseDone
+
+        self.assertTrue(self.collector.ended is not None and self.collector.ended.check(ResponseDone))
         self.assertEqual(self.hub.stats.subscribers["sse"], 0)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
@@ -212,21 +217,23 @@ class WebSocketTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.journal = MemoryJournal(epoch="e1")
         self.hub = Hub(self.journal, page_size=10, max_pending=50)
-        server_factory = FirehoseWebSocketFactory(self.hub, ping_interval=0)
-        server_factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0)
+        self.server_factory = FirehoseWebSocketFactory(self.hub, ping_interval=0)
+        self.server_factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0)
+        self.client_factory, self.server, self.server_transport, self.pump = self.connect()
+        self.client = self.client_factory.opened
+
+    def connect(self) -> Any:
+        """One more client socket to the same server factory, over iosim."""
         client_factory = WebSocketClientFactory("ws://127.0.0.1/ws")
         client_factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0)
         client_factory.protocol = _Client
-        self.client_factory = client_factory
         addr = IPv4Address("TCP", "127.0.0.1", 80)
-        self.server = server_factory.buildProtocol(addr)
+        server = self.server_factory.buildProtocol(addr)
         client = client_factory.buildProtocol(addr)
-        self.server_transport = iosim.FakeTransport(self.server, isServer=True)
-        self.pump = iosim.connect(
-            self.server, self.server_transport, client, iosim.FakeTransport(client, isServer=False)
-        )
-        self.pump.flush()
-        self.client = client_factory.opened
+        server_transport = iosim.FakeTransport(server, isServer=True)
+        pump = iosim.connect(server, server_transport, client, iosim.FakeTransport(client, isServer=False))
+        pump.flush()
+        return client_factory, server, server_transport, pump
 
     def send(self, msg: Any) -> list[dict[str, Any]]:
         self.client.sendMessage(dumps(msg))
@@ -291,13 +298,33 @@ class WebSocketTests(SynchronousTestCase):
         self.assertEqual(len([m for m in msgs if "id" in m]), 60)
 
     def test_each_event_is_framed_once(self) -> None:
-        """The prepared frame is cached on the event and shared by every subscriber."""
+        """Two subscribers on two sockets get one event framed once: one prepared frame, cached
+        on the event, written to both."""
+        other_factory, _, _, other_pump = self.connect()
+        prepared: list[bytes] = []
+        real_prepare = self.server_factory.prepareMessage
+
+        def counting(payload: bytes, *a: Any, **kw: Any) -> Any:
+            prepared.append(payload)
+            return real_prepare(payload, *a, **kw)
+
+        self.server_factory.prepareMessage = counting  # type: ignore[method-assign]
         self.send({"cmd": "subscribe"})
+        other_factory.opened.sendMessage(dumps({"cmd": "subscribe"}))
+        other_pump.flush()
         self.append(1, 1)
-        self.flush()
-        (sub,) = self.hub.subscriptions
-        frame = self.journal._events[0].ws_frame
-        self.assertIsNotNone(frame)
+        other_pump.flush()
+        self.assertEqual([m["id"] for m in self.flush()], ["e1:1"])
+        self.assertEqual([m.get("id") for m in other_factory.received[1:]], ["e1:1"])
+        self.assertEqual(prepared, [self.journal._events[0].encoded])
+
+    def test_rejected_resubscribe_keeps_the_current_subscription(self) -> None:
+        """A ``subscribe`` refused for a bad cursor leaves the working subscription in place."""
+        self.send({"cmd": "subscribe"})
+        (error,) = self.send({"cmd": "subscribe", "since": "e1:999"})
+        self.assertEqual(error["error"], "bad_cursor")
+        self.append(1, 1)
+        self.assertEqual([m["id"] for m in self.flush()], ["e1:1"])
 
 
 class LongPollReplayTests(_Base):
@@ -325,3 +352,29 @@ class LongPollReplayTests(_Base):
         response = self.successResultOf(d)
         body = self.successResultOf(response.json())
         self.assertEqual([e["seq"] for e in body["events"]], [1, 2, 3])
+
+    def test_timeout_answers_after_one_page_with_progress(self) -> None:
+        """A poll whose filter matches nothing in a long journal answers at its timeout once the
+        page being read is done, with a cursor past that page: the next poll goes on from there
+        instead of holding the request (and the reader) until the whole journal is scanned."""
+        self.append(1, 35)  # pages of 10
+        reads: list[Any] = []
+        real_read = self.journal.read
+
+        def held(after: int, limit: int) -> Any:
+            from twisted.internet import defer
+
+            page = self.successResultOf(real_read(after, limit))
+            d: defer.Deferred = defer.Deferred()
+            reads.append(d)
+            return d.addCallback(lambda _: page)
+
+        self.journal.read = held  # type: ignore[method-assign]
+        d = self.client.get("http://firehose.test/poll?since=e1:0&timeout=1&builder=nomatch")
+        self.clock.advance(1)
+        self.client.flush()
+        self.assertNoResult(d)
+        reads.pop().callback(None)
+        self.client.flush()
+        body = self.successResultOf(self.successResultOf(d).json())
+        self.assertEqual(body, {"events": [], "cursor": "e1:10"})
