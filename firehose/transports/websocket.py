@@ -108,7 +108,13 @@ class FirehoseWebSocket(WebSocketServerProtocol):
             if e.ws_frame is None:
                 e.ws_frame = prepare(e.encoded, isBinary=False, doNotCompress=True)
             frames.append(e.ws_frame.payloadHybi)
-        self.sendData(b"".join(frames))
+        data = b"".join(frames)
+        if self.send_queue:  # autobahn has chopped or synchronous writes pending: keep order
+            self.sendData(data)
+        else:
+            # Straight to the socket: autobahn's sendData formats a debug log line's arguments
+            # on every call (measurably, per delivery), logging or not.
+            self.transport.write(data)  # type: ignore[union-attr]
 
     def replayed(self, caught_up: bool) -> None:
         """Nothing to do as the replay progresses."""
