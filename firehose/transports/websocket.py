@@ -25,7 +25,7 @@ from firehose.cursor import CursorError
 from firehose.event import Event, dumps, loads
 from firehose.filters import FilterError, parse_json
 from firehose.hub import Hub, Subscription
-from firehose.transports import SubscriptionProducer
+from firehose.transports import SubscriptionProducer, plain_tcp, write_now
 
 CLOSE_GOING_AWAY = 1001
 
@@ -36,6 +36,7 @@ class FirehoseWebSocket(WebSocketServerProtocol):
 
     subscription: Subscription | None = None
     _producer: SubscriptionProducer | None = None
+    _tcp: Any = None
 
     def onConnect(self, request: ConnectionRequest) -> None:
         return None
@@ -48,6 +49,7 @@ class FirehoseWebSocket(WebSocketServerProtocol):
             transport.setTcpNoDelay(True)
         # The HTTP channel that served the upgrade is still the socket's producer; take its place
         # so the subscription hears when the socket's buffer fills.
+        self._tcp = plain_tcp(transport)
         transport.unregisterProducer()
         self._producer = SubscriptionProducer()
         transport.registerProducer(self._producer, True)
@@ -111,9 +113,11 @@ class FirehoseWebSocket(WebSocketServerProtocol):
         data = b"".join(frames)
         if self.send_queue:  # autobahn has chopped or synchronous writes pending: keep order
             self.sendData(data)
+        elif self._tcp is not None:
+            # Straight to the socket (autobahn's sendData formats a debug log line's arguments
+            # on every call, logging or not), sent now if the socket is idle.
+            write_now(self._tcp, data)
         else:
-            # Straight to the socket: autobahn's sendData formats a debug log line's arguments
-            # on every call (measurably, per delivery), logging or not.
             self.transport.write(data)  # type: ignore[union-attr]
 
     def replayed(self, caught_up: bool) -> None:
