@@ -15,6 +15,7 @@ setup(
         "twisted>=24.7",
         "autobahn>=24.4",
         "simplejson>=3.19",
+        "orjson>=3.9",
         "fastjsonschema>=2.19",
         "prometheus-client>=0.20",
         "treq>=24.9",
@@ -22,6 +23,9 @@ setup(
     extras_require={
         # The plugin runs inside a Buildbot master; the server never needs Buildbot.
         "plugin": ["buildbot>=4.0"],
+        # The benchmarks' plots and profiles (python -m bench); `python -m bench buildbot` puts
+        # these, with buildbot-www, into bench/.venv-www so the project venv never needs them.
+        "bench": ["matplotlib>=3.8", "py-spy>=0.3.14"],
         "test": [
             "pytest>=8",
             "pytest-timeout>=2.3",
