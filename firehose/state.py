@@ -130,7 +130,7 @@ class BuildState:
     # Feeding.
 
     @defer.inlineCallbacks
-    def rebuild(self, journal: IJournal, window: int = 500_000, page: int = 2_000) -> Any:
+    def rebuild(self, journal: IJournal, window: int = 200_000, page: int = 2_000) -> Any:
         """Apply the newest ``window`` retained events, then follow the journal live.
 
         Called before the server listens, so no event can slip between the rebuild and live.
