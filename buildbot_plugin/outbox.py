@@ -154,7 +154,7 @@ class Outbox:
         run_in_thread: RunInThread | None = None,
         batch_max_bytes: int = 256 * KIB,
         batch_max_events: int = 1000,
-        flush_interval: float = 0.2,
+        flush_interval: float = 0.05,
         memory_max_bytes: int = 16 * MIB,
         spool_max_bytes: int = 256 * MIB,
         spool_after: float = 5.0,

@@ -120,7 +120,7 @@ class FirehoseReporter(service.BuildbotService):
         "memory_max_bytes": 16 * MIB,
         "batch_max_bytes": 256 * 1024,
         "batch_max_events": 1000,
-        "flush_interval": 0.2,
+        "flush_interval": 0.05,
         "spool_after": 5.0,
         "backoff_max": 30.0,
         "heartbeat_interval": 30.0,

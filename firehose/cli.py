@@ -105,12 +105,21 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = 
 def _serve(config: Config) -> int:
     from twisted.internet import reactor
     from twisted.internet.error import CannotListenError
-    from twisted.logger import globalLogBeginner, textFileLogObserver
+    from twisted.logger import (
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        globalLogBeginner,
+        textFileLogObserver,
+    )
 
     from firehose.journal import JournalError
     from firehose.service import ConfigError, FirehoseServer
 
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
+    observer = FilteringLogObserver(
+        textFileLogObserver(sys.stderr), [LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)]
+    )
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     server = FirehoseServer(config, reactor)
     outcome: dict[str, Any] = {"code": 0}
 

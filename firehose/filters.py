@@ -57,10 +57,12 @@ class _Field:
 class Filter:
     """A parsed filter; ``Filter.everything()`` matches every event."""
 
-    __slots__ = ("_fields",)
+    __slots__ = ("_fields", "key")
 
     def __init__(self, fields: Mapping[str, tuple[str, ...]]) -> None:
         self._fields = tuple(_Field(name, pats) for name, pats in sorted(fields.items()))
+        #: Equal filters have equal keys: the hub matches an event once per distinct filter.
+        self.key = tuple((f.name, f.patterns) for f in self._fields)
 
     @classmethod
     def everything(cls) -> Filter:

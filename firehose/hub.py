@@ -126,8 +126,16 @@ class Hub:
 
     def _publish(self, events: list[Event]) -> None:
         self.stats.published += len(events)
+        # Subscribers with equal filters share one match of the batch: the cost follows the
+        # distinct filters x events (and the matches), not subscribers x events.
+        matched_by_filter: dict[Any, list[Event]] = {}
         for sub in list(self._live):
-            sub._offer(events)
+            flt = sub.filter
+            matched = matched_by_filter.get(flt.key)
+            if matched is None:
+                matched = events if flt.is_everything else [e for e in events if flt.matches(e)]
+                matched_by_filter[flt.key] = matched
+            sub._offer(events, matched)
 
     @property
     def subscriptions(self) -> Iterable[Subscription]:
@@ -268,18 +276,19 @@ class Subscription:
             self.hub.stats.delivered[self.transport] += len(out)
             self.sink.send(out)
 
-    def _offer(self, events: list[Event]) -> None:
-        """Live events from the hub."""
-        flt = self.filter
-        everything = flt.is_everything
+    def _offer(self, events: list[Event], matching: list[Event] | None = None) -> None:
+        """Live events from the hub; ``matching``: those of them this filter matches."""
+        if matching is None:
+            flt = self.filter
+            matching = events if flt.is_everything else [e for e in events if flt.matches(e)]
         if not self.live:
             # Still replaying: keep them for the seam (see _go_live); the journal has them too.
-            self._pending.extend(e for e in events if everything or flt.matches(e))
+            self._pending.extend(matching)
             if len(self._pending) > self.hub.max_pending:
                 self._detach()
             return
         seen = self.seen
-        matched = [e for e in events if e.offset > seen and (everything or flt.matches(e))]
+        matched = matching if not matching or matching[0].offset > seen else [e for e in matching if e.offset > seen]
         self.seen = max(seen, events[-1].offset)
         if not matched:
             return

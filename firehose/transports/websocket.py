@@ -18,7 +18,6 @@ from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionRequest
 from twisted.internet.protocol import connectionDone
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from firehose.cursor import CursorError
@@ -31,7 +30,6 @@ CLOSE_GOING_AWAY = 1001
 
 
 class FirehoseWebSocket(WebSocketServerProtocol):
-    log = Logger()
     factory: FirehoseWebSocketFactory
 
     subscription: Subscription | None = None

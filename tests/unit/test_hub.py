@@ -235,3 +235,31 @@ class RetentionRaceTests(SynchronousTestCase):
         (gap, final), = sink.gaps
         self.assertEqual((gap["reason"], gap["since"], gap["cursor"], final), ("expired", "e1:10", "e1:50", False))
         self.assertEqual(sink.offsets, list(range(51, 101)))
+
+
+class SharedFilterTests(SynchronousTestCase):
+    def test_equal_filters_match_each_event_once(self) -> None:
+        """Subscribers with equal filters share one evaluation per event: fan-out cost follows
+        distinct filters x events, not subscribers x events; each still gets its matches."""
+        journal = MemoryJournal(epoch="e1")
+        hub = Hub(journal)
+        sinks = []
+        for _ in range(3):
+            sink = RecordingSink()
+            hub.subscribe(sink, parse_json({"builder": "mac"}), None, "test").start()
+            sinks.append(sink)
+        calls = []
+        real = Filter.matches
+
+        def counting(self: Filter, event: object) -> bool:
+            calls.append(event)
+            return real(self, event)  # type: ignore[arg-type]
+
+        Filter.matches = counting  # type: ignore[method-assign]
+        try:
+            self.successResultOf(journal.append(batch(1, 6, builder="linux") + batch(7, 10, builder="mac")))
+        finally:
+            Filter.matches = real  # type: ignore[method-assign]
+        self.assertEqual(len(calls), 10)
+        for sink in sinks:
+            self.assertEqual(sink.seqs, [7, 8, 9, 10])
