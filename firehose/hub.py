@@ -26,6 +26,10 @@ from firehose.event import Event
 from firehose.filters import Filter
 from firehose.journal import IJournal
 
+#: Events written to a socket at a time when catching up: small enough that a full socket stops
+#: us within ~100 KiB, large enough that a write carries many events.
+_SLICE = 64
+
 
 class Sink(Protocol):
     """What a transport gives the hub for one subscription."""
@@ -248,7 +252,8 @@ class Subscription:
                 if first > self.seen + 1:
                     # Retention removed events between the read being queued and running.
                     self._expired(first - 1)
-                self._deliver(page)
+                if not self._deliver(page):
+                    continue  # the socket filled up: the rest of the page stays in the journal
                 if len(page) < self.page_size and self._attached:
                     self._go_live()
                     return
@@ -265,16 +270,36 @@ class Subscription:
         self.sink.gap(self.hub._gap("expired", self.hub.cursor(self.seen), resume), False)
         self.seen = resume
 
-    def _deliver(self, events: list[Event]) -> None:
-        """Hand the sink every event after ``seen`` that matches (replay pages)."""
+    def _deliver(self, events: list[Event]) -> bool:
+        """Hand the sink the events of a replay page after ``seen`` that match, in slices.
+
+        When the socket's buffer fills (the transport pauses us, synchronously, inside a write),
+        stop: ``seen`` covers only what was sent, and the rest of the page is read again from
+        the journal once the socket drains.  So a replaying subscriber holds at most one slice
+        beyond the socket's 64 KiB, not a page.  Returns whether the whole page was handled.
+        """
         flt = self.filter
         everything = flt.is_everything
-        out = [e for e in events if e.offset > self.seen and (everything or flt.matches(e))]
+        out: list[Event] = []
+        for event in events:
+            if event.offset <= self.seen or not (everything or flt.matches(event)):
+                continue
+            out.append(event)
+            if len(out) == _SLICE and event is not events[-1]:
+                self.seen = event.offset  # before sending: a sink may read our position
+                self._send(out)
+                out = []
+                if self.paused or self.closed:
+                    return False
         if events:
             self.seen = max(self.seen, events[-1].offset)
         if out:
-            self.hub.stats.delivered[self.transport] += len(out)
-            self.sink.send(out)
+            self._send(out)
+        return True
+
+    def _send(self, events: list[Event]) -> None:
+        self.hub.stats.delivered[self.transport] += len(events)
+        self.sink.send(events)
 
     def _offer(self, events: list[Event], matching: list[Event] | None = None) -> None:
         """Live events from the hub; ``matching``: those of them this filter matches."""
@@ -292,13 +317,14 @@ class Subscription:
         self.seen = max(seen, events[-1].offset)
         if not matched:
             return
-        if self.paused:
+        if self.paused or self._pending:
             self._pending.extend(matched)
             if len(self._pending) > self.hub.max_pending:
                 self._slow()
+            else:
+                self._flush()
         else:
-            self.hub.stats.delivered[self.transport] += len(matched)
-            self.sink.send(matched)
+            self._send(matched)
 
     def _go_live(self) -> None:
         """The replay reached the head: send the live events it has not already covered."""
@@ -312,10 +338,11 @@ class Subscription:
             self.sink.replayed(caught_up=True)
 
     def _flush(self) -> None:
-        if self._pending and not self.paused:
-            out, self._pending = self._pending, []
-            self.hub.stats.delivered[self.transport] += len(out)
-            self.sink.send(out)
+        """Send what waited, a slice at a time, until done or the socket fills again."""
+        while self._pending and not self.paused and not self.closed:
+            out = self._pending[:_SLICE]
+            del self._pending[:_SLICE]
+            self._send(out)
 
     def _slow(self) -> None:
         gap = self.hub._gap("slow", None, self.position)

@@ -263,3 +263,51 @@ class SharedFilterTests(SynchronousTestCase):
         self.assertEqual(len(calls), 10)
         for sink in sinks:
             self.assertEqual(sink.seqs, [7, 8, 9, 10])
+
+
+class PausingSink(RecordingSink):
+    """Pauses its subscription after every write, as a socket whose buffer fills would."""
+
+    sub: object = None
+
+    def send(self, events: list) -> None:  # type: ignore[override]
+        super().send(events)
+        self.sub.pause()  # type: ignore[attr-defined]
+
+
+class BoundedWriteTests(SynchronousTestCase):
+    def test_replay_stops_at_a_full_socket_and_resumes_from_the_journal(self) -> None:
+        """A replaying subscriber writes a slice, not a page, into a filling socket; what is left
+        is read again from the journal once it drains: everything once, in order."""
+        journal = MemoryJournal(epoch="e1")
+        hub = Hub(journal, page_size=500, max_pending=1000)
+        self.successResultOf(journal.append(batch(1, 200)))
+        sink = PausingSink()
+        sub = hub.subscribe(sink, Filter.everything(), "earliest", "test")
+        sink.sub = sub
+        sub.start()
+        self.assertEqual(len(sink.events), 64)
+        self.assertEqual(sub.position, 64)
+        for _ in range(10):
+            if sub.live:
+                break
+            sub.resume()
+        self.assertEqual(sink.offsets, list(range(1, 201)))
+
+    def test_queued_live_events_go_out_a_slice_per_drain(self) -> None:
+        """Live events queued while the socket was full are sent a slice at a time, each slice
+        only when the socket has drained again."""
+        journal = MemoryJournal(epoch="e1")
+        hub = Hub(journal, page_size=500, max_pending=1000)
+        sink = PausingSink()
+        sub = hub.subscribe(sink, Filter.everything(), None, "test")
+        sink.sub = sub
+        sub.start()
+        sub.pause()
+        self.successResultOf(journal.append(batch(1, 150)))
+        self.assertEqual(sink.events, [])
+        sub.resume()
+        self.assertEqual(len(sink.events), 64)
+        sub.resume()
+        sub.resume()
+        self.assertEqual(sink.offsets, list(range(1, 151)))
