@@ -1,0 +1,1 @@
+"""Benchmarks of the firehose server and plugin: see docs/performance.md."""

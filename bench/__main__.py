@@ -1,0 +1,160 @@
+"""``python -m bench``: run the benchmark suite, write bench/results/<name>.json and PNG plots,
+print the table of targets against measured values.
+
+    .venv/bin/python -m bench                 # the default suite (~5 minutes)
+    .venv/bin/python -m bench --smoke         # seconds: proves the bench runs (tests use it)
+    .venv/bin/python -m bench --only ws_fanout,ingest --repeat 5
+    .venv/bin/python -m bench buildbot        # plugin overhead, end to end, Buildbot's own /ws
+    .venv/bin/python -m bench profile         # py-spy flame graphs of the hot paths
+
+Each figure is the median of ``--repeat`` runs (default 3) with min and max.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from bench import scenarios as sc
+from bench.common import RESULTS, Server, compile_loadgen, load_average, log, machine, summarize
+
+Scenario = Callable[[sc.Params], dict[str, Any]]
+#: Scenarios that measure the server's memory: a new server for every run.
+FRESH_SERVER = {"idle", "slow"}
+
+
+def suite(p: sc.Params) -> list[tuple[str, Scenario]]:
+    out: list[tuple[str, Scenario]] = [
+        ("ws_fanout", sc.ws_fanout),
+        ("ws_capacity", sc.ws_capacity),
+        ("sse_fanout", sc.sse_fanout),
+        ("sse_capacity", sc.sse_capacity),
+        ("longpoll", sc.longpoll),
+        ("filtered", sc.filtered),
+        ("ingest", sc.ingest),
+        ("ingest_one_master", sc.ingest_one_master),
+        ("idle", sc.idle),
+        ("slow", sc.slow),
+    ]
+    for n in p.scaling:
+        if n != p.subs:
+            out.append((f"scaling_{n}", sc.scaling_point(n)))
+    for r in p.load_rates:
+        if r != p.rate:
+            out.append((f"load_{int(r)}", sc.load_point(r)))
+    return out
+
+
+def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    keys = [k for k in runs[0] if isinstance(runs[0][k], int | float) and not isinstance(runs[0][k], bool)]
+    return {k: summarize([r.get(k) for r in runs]) for k in keys}
+
+
+def run_suite(p: sc.Params, repeat: int, only: set[str] | None, name: str, curve_repeat: int,
+              idle_repeat: int = 1) -> dict[str, Any]:
+    compile_loadgen()
+    started = time.time()
+    result: dict[str, Any] = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+        "machine": machine(), "load_before": load_average(), "params": p.__dict__.copy(),
+        "repeat": repeat, "scenarios": {},
+    }
+    todo = suite(p)
+    if only is None or "resume" in only:
+        todo.append(("resume", lambda _: {}))  # placeholder: resume repeats on one server
+    for scen, fn in todo:
+        if only is not None and scen not in only:
+            continue
+        n = curve_repeat if scen.startswith(("load_", "scaling_5000")) else repeat
+        if scen == "idle":
+            n = min(repeat, idle_repeat)  # 10,000 handshakes take a while: see --idle-repeat
+        log(f"{scen}: {n} run(s), load average {load_average()[0]:.2f}")
+        t0 = time.monotonic()
+        try:
+            if scen == "resume":
+                runs = sc.resume(p, repeats=n)
+            elif scen in FRESH_SERVER:
+                runs = [fn(p) for _ in range(n)]
+            else:
+                # one server for the repeats of a scenario: fresh connections and publisher each run
+                sc.SHARED["server"] = Server().start()
+                try:
+                    runs = [fn(p) for _ in range(n)]
+                finally:
+                    server, sc.SHARED["server"] = sc.SHARED["server"], None
+                    server.stop()
+        except Exception as exc:  # noqa: BLE001 - one broken scenario must not lose the others
+            log(f"{scen} FAILED: {exc!r}")
+            result["scenarios"][scen] = {"error": repr(exc)}
+            continue
+        result["scenarios"][scen] = {"runs": runs, "summary": aggregate(runs),
+                                     "seconds": round(time.monotonic() - t0, 1)}
+        log(f"{scen}: done in {time.monotonic() - t0:.0f}s")
+    result["load_after"] = load_average()
+    result["seconds"] = round(time.time() - started, 1)
+    os.makedirs(RESULTS, exist_ok=True)
+    path = os.path.join(RESULTS, f"{name}.json")
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
+    log(f"results: {path}")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("command", nargs="?", default="suite", choices=["suite", "buildbot", "profile", "table", "plots"])
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, one run each: seconds")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--curve-repeat", type=int, default=1, help="runs per point of the latency/load curve")
+    ap.add_argument("--idle-repeat", type=int, default=1, help="runs of the 10,000-connection scenario")
+    ap.add_argument("--only", help="comma-separated scenario names")
+    ap.add_argument("--window", type=float, help="seconds of each measurement window")
+    ap.add_argument("--name", help="results file name (default: suite, smoke, buildbot)")
+    ap.add_argument("--no-plots", action="store_true")
+    args = ap.parse_args(argv)
+    # SIGTERM (a timeout, a Ctrl-C elsewhere) unwinds normally, so every server and load
+    # generator started here is stopped by the finally blocks that started it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    only = set(args.only.split(",")) if args.only else None
+
+    if args.command == "buildbot":
+        from bench import buildbot_bench
+
+        return buildbot_bench.main(args.repeat, args.name or "buildbot", smoke=args.smoke)
+    if args.command == "profile":
+        from bench import profile
+
+        return profile.main()
+    if args.command in ("table", "plots"):
+        from bench import report
+
+        res = report.load(args.name or "suite")
+        if args.command == "table":
+            print(report.table(res, report.load_optional("buildbot")))
+        else:
+            report.plots(res, args.name or "suite")
+        return 0
+
+    p = sc.Params.smoke() if args.smoke else sc.Params()
+    if args.window:
+        p.window = args.window
+    repeat = 1 if args.smoke else args.repeat
+    name = args.name or ("smoke" if args.smoke else "suite")
+    res = run_suite(p, repeat, only, name, 1 if args.smoke else args.curve_repeat, args.idle_repeat)
+    from bench import report
+
+    print(report.table(res, report.load_optional("buildbot")))
+    if not args.no_plots and not args.smoke:
+        report.plots(res, name)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

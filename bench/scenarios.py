@@ -1,0 +1,351 @@
+"""The scenarios of issue 6, each one run of the server under one kind of load.
+
+A scenario function takes a :class:`Params` and returns one run's figures (a flat dict of
+numbers); ``__main__`` repeats it and keeps the median, min and max of each figure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from bench.common import BUILD, Loadgen, Server, log, window
+
+SUBSCRIBE = '{"cmd":"subscribe"}'
+
+
+@dataclass
+class Params:
+    """Sizes and durations; ``quick()`` shrinks them to a seconds-long smoke run."""
+
+    subs: int = 1000
+    rate: float = 100.0
+    #: Seconds between the publisher's batches (the plugin waits up to flush_interval for company).
+    interval: float = 0.2
+    warmup: float = 1.5
+    window: float = 3.0
+    capacity_rate: float = 1000.0
+    poll_rate: float = 40.0
+    ingest_batch: int = 100
+    ingest_masters: int = 4
+    plugin_batch: int = 370
+    resume_events: int = 1_000_000
+    idle_conns: int = 10_000
+    slow_fraction: float = 0.10
+    scaling: tuple[int, ...] = (100, 1000, 5000)
+    load_rates: tuple[float, ...] = (50.0, 100.0, 200.0, 400.0)
+    quick: bool = False
+
+    @classmethod
+    def smoke(cls) -> Params:
+        return cls(
+            subs=50, rate=50.0, warmup=0.5, window=1.0, capacity_rate=200.0, poll_rate=20.0,
+            resume_events=5000, idle_conns=200, scaling=(20, 50), load_rates=(50.0,), quick=True,
+        )
+
+
+#: A server shared by the repeats of one scenario (``__main__`` sets it; fresh connections and a
+#: fresh publisher incarnation each run).  ``None``: every run starts its own.
+SHARED: dict[str, Server | None] = {"server": None}
+
+
+@contextlib.contextmanager
+def _server(fresh: bool = False) -> Iterator[Server]:
+    shared = SHARED["server"]
+    if shared is not None and not fresh:
+        yield shared
+        return
+    server = Server().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _fanout(p: Params, mode: str, subs: int, rate: float, extra: list[str] | None = None) -> dict[str, Any]:
+    args = ["--mode", mode, "--conns", str(subs), "--pub-rate", str(rate),
+            "--pub-interval", str(p.interval), *(extra or [])]
+    if mode == "ws":
+        args += ["--sub", SUBSCRIBE]
+    elif mode == "sse":
+        args += ["--path", "/sse"]
+    with _server() as server:
+        gen = Loadgen(server.port, args, max_time=p.warmup + p.window + 120)
+        try:
+            n = gen.start()
+            time.sleep(p.warmup)
+            rep = window(server.pid, gen, p.window)
+        finally:
+            gen.stop()
+    rep["subscribed"] = n
+    rep["offered_deliveries"] = rate * subs
+    return rep
+
+
+def ws_fanout(p: Params) -> dict[str, Any]:
+    return _fanout(p, "ws", p.subs, p.rate)
+
+
+def ws_capacity(p: Params) -> dict[str, Any]:
+    """Offer far more than one core can deliver; what gets through is the capacity."""
+    return _fanout(p, "ws", p.subs, p.capacity_rate)
+
+
+def sse_fanout(p: Params) -> dict[str, Any]:
+    return _fanout(p, "sse", p.subs, p.rate)
+
+
+def sse_capacity(p: Params) -> dict[str, Any]:
+    return _fanout(p, "sse", p.subs, p.capacity_rate)
+
+
+def longpoll(p: Params) -> dict[str, Any]:
+    rep = _fanout(p, "poll", p.subs, p.poll_rate)
+    cpu = rep["server_cpu_pct"] / 100.0
+    rep["polls_per_core_s"] = rep["poll_rate"] / cpu if cpu > 0 else None
+    rep["cpu_us_per_poll"] = cpu * 1e6 / rep["poll_rate"] if rep["poll_rate"] else None
+    return rep
+
+
+def filtered(p: Params) -> dict[str, Any]:
+    """1,000 subscribers, each on one of 20 builders (5% of events), against the same number of
+    deliveries to unfiltered subscribers (5% as many of them)."""
+    subs = p.subs
+    # Subscriber i asks for builder b<i % 20> (fhload.c expands --sub FILTERED per socket); the
+    # publisher cycles through 20 builders.
+    gen_args = ["--mode", "ws", "--conns", str(subs), "--pub-rate", str(p.rate),
+                "--pub-interval", str(p.interval), "--sub", "FILTERED"]
+    with _server() as server:
+        gen = Loadgen(server.port, gen_args, max_time=p.warmup + p.window + 120)
+        try:
+            gen.start()
+            time.sleep(p.warmup)
+            rep = window(server.pid, gen, p.window)
+        finally:
+            gen.stop()
+    base = _fanout(p, "ws", max(1, subs // 20), p.rate)
+    out = {f"filtered_{k}": v for k, v in rep.items() if isinstance(v, int | float)}
+    out.update({f"unfiltered_{k}": v for k, v in base.items() if isinstance(v, int | float)})
+    out["cpu_ratio_filtered_vs_same_deliveries"] = (
+        rep["server_cpu_pct"] / base["server_cpu_pct"] if base["server_cpu_pct"] else None
+    )
+    # What a filter test costs per (subscriber x event), from the CPU difference.
+    extra_cpu_s = (rep["server_cpu_pct"] - base["server_cpu_pct"]) / 100.0
+    pairs = subs * p.rate - max(1, subs // 20) * p.rate
+    out["filter_ns_per_subscriber_event"] = extra_cpu_s * 1e9 / pairs if pairs > 0 else None
+    return out
+
+
+def _ingest(p: Params, masters: int, batch: int) -> dict[str, Any]:
+    with _server() as server:
+        gen = Loadgen(server.port, ["--mode", "none", "--pub-flood", str(batch), "--pub-conns", str(masters)],
+                      max_time=p.warmup + p.window + 60)
+        try:
+            gen.start()
+            time.sleep(p.warmup)
+            rep = window(server.pid, gen, p.window)
+        finally:
+            gen.stop()
+    rep["events_per_s"] = rep["pub_acked_rate"]
+    cpu = rep["server_cpu_pct"] / 100.0
+    rep["cpu_us_per_event"] = cpu * 1e6 / rep["events_per_s"] if rep["events_per_s"] else None
+    return rep
+
+
+def ingest(p: Params) -> dict[str, Any]:
+    """Several masters, each with one batch in flight (the plugin's outbox), journal FULL sync."""
+    return _ingest(p, p.ingest_masters, p.ingest_batch)
+
+
+def ingest_one_master(p: Params) -> dict[str, Any]:
+    """One master's plugin at saturation: batches up to its 256 KiB limit (~370 events)."""
+    return _ingest(p, 1, p.plugin_batch)
+
+
+# -- resume ---------------------------------------------------------------------------------------
+
+
+def make_journal(path: str, n: int) -> str:
+    """A journal of ``n`` build events written straight into SQLite (the server's schema), with
+    the same ~700-byte bodies the publisher sends; cached in bench/build/."""
+    from firehose.journal import _SCHEMA
+
+    if os.path.exists(path):
+        return path
+    tmp = path + ".tmp"
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(tmp + suffix):
+            os.remove(tmp + suffix)
+    t0 = time.monotonic()
+    epoch = "be0c0001"
+    db = sqlite3.connect(tmp, isolation_level=None)
+    db.execute("PRAGMA journal_mode=OFF")
+    db.execute("PRAGMA synchronous=OFF")
+    db.executescript(_SCHEMA)
+    now = time.time()
+    pad = "x" * 130
+    tmpl = (
+        '{"id":"%s:%d","type":"build.finished","master":"m0","incarnation":"resume-1","seq":%d,'
+        '"time":%.6f,"data":{"buildid":%d,"number":%d,"builder":"b%02d","builderid":%d,'
+        '"worker":"worker-%d","result":"success","results":0,"branch":"main","project":"firehose",'
+        '"repository":"https://git.example.org/firehose.git",'
+        '"revision":"4d2c8e1f0a9b7c6d5e4f3a2b1c0d9e8f7a6b5c4d","started_at":%.3f,"complete_at":%.3f,'
+        '"state":"build successful","buildrequestid":%d,"buildsetid":%d,"workerid":%d,'
+        '"tags":["linux","ci"],"url":"http://buildbot.example.org/#/builders/%d/builds/%d",'
+        '"properties":{"owner":"alice","got_revision":"4d2c8e1f0a9b7c6d5e4f3a2b1c0d9e8f7a6b5c4d",'
+        '"buildnumber":%d,"scheduler":"force","reason":"bench"},"sent_at":%.6f,"pad":"%s"}}'
+    )
+
+    def rows() -> Any:
+        for i in range(1, n + 1):
+            b = i % 20
+            t = now
+            body = tmpl % (epoch, i, i, t, i, i, b, b, i % 7, t - 30, t, i, i, i % 7, b, i, i, t, pad)
+            yield (i, t, "build.finished", body.encode())
+
+    db.execute("BEGIN")
+    db.executemany("INSERT INTO events (offset, received, type, body) VALUES (?, ?, ?, ?)", rows())
+    db.execute("INSERT INTO meta VALUES ('epoch', ?)", (epoch,))
+    db.execute("INSERT INTO meta VALUES ('head', ?)", (str(n),))
+    db.execute("INSERT INTO sources VALUES ('m0', 'resume-1', ?, ?)", (n, now))
+    db.execute("COMMIT")
+    db.close()
+    os.replace(tmp, path)
+    log(f"generated a journal of {n} events in {time.monotonic() - t0:.1f}s: {path}")
+    return path
+
+
+def resume(p: Params, repeats: int = 1) -> list[dict[str, Any]]:
+    """One WebSocket subscriber replays the whole journal from ``earliest``; one server start
+    (it rebuilds its build state from the newest 500k events) serves every repeat."""
+    n = p.resume_events
+    path = make_journal(os.path.join(BUILD, f"resume-{n}.sqlite"), n)
+    server = Server(db=path)
+    t0 = time.monotonic()
+    server.start()
+    startup = time.monotonic() - t0
+    runs = []
+    try:
+        for _ in range(repeats):
+            gen = Loadgen(server.port, ["--mode", "ws", "--conns", "1", "--expect", str(n),
+                                        "--sub", '{"cmd":"subscribe","since":"earliest"}'], max_time=240)
+            try:
+                c0 = server.cpu()
+                gen.start()
+                rep = gen.wait_line(240)
+                c1 = server.cpu()
+            finally:
+                gen.stop()
+            el = rep["expect_elapsed"]
+            runs.append({
+                "events": rep["all_deliveries"], "seconds": el,
+                "events_per_s": rep["all_deliveries"] / el if el > 0 else None,
+                "server_cpu_s": c1 - c0, "cpu_us_per_event": (c1 - c0) * 1e6 / max(1, rep["all_deliveries"]),
+                "server_rss_mb": server.rss() / 2**20, "server_startup_s": startup,
+            })
+    finally:
+        # the journal is reused by the next run: do not let Server.stop remove it (it is not
+        # in the server's temporary directory)
+        server.stop()
+    return runs
+
+
+# -- idle connections ------------------------------------------------------------------------------
+
+
+def idle(p: Params) -> dict[str, Any]:
+    """RSS of the server with N subscribed, quiet WebSocket connections, per connection."""
+    server = Server()
+    n = p.idle_conns
+    gen = Loadgen(server.port, ["--mode", "ws", "--conns", str(n), "--sub", SUBSCRIBE], max_time=300)
+    server.start()
+    try:
+        # one request of each kind first, so lazily imported modules are in the baseline
+        warm = Loadgen(server.port, ["--mode", "ws", "--conns", "10", "--sub", SUBSCRIBE], max_time=30)
+        warm.start()
+        warm.stop()
+        time.sleep(0.5)
+        before = server.rss()
+        t0 = time.monotonic()
+        got = gen.start(ready_timeout=240)
+        connect_s = time.monotonic() - t0
+        time.sleep(2.0)
+        after = server.rss()
+        health = _get(server.url + "/health")
+        return {
+            "connections": got, "rss_before_mb": before / 2**20, "rss_after_mb": after / 2**20,
+            "kb_per_connection": (after - before) / 1024 / max(1, got), "connect_s": connect_s,
+            "server_subscribers": sum((health.get("subscribers") or {}).values()),
+        }
+    finally:
+        gen.stop()
+        server.stop()
+
+
+def _get(url: str) -> Any:
+    from bench.common import http_json
+
+    return http_json(url)
+
+
+def _metric(url: str, name: str) -> float:
+    with urllib.request.urlopen(url + "/metrics", timeout=5) as r:  # noqa: S310 (127.0.0.1)
+        total = 0.0
+        for line in r.read().decode().splitlines():
+            if line.startswith(name) and not line.startswith("#"):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+
+# -- slow subscribers ------------------------------------------------------------------------------
+
+
+def slow(p: Params) -> dict[str, Any]:
+    """10% of the subscribers never read (and have small receive buffers): the others' latency
+    and the server's memory must not care."""
+    subs = p.subs
+    noread = int(subs * p.slow_fraction)
+    server = Server()
+    gen = Loadgen(server.port, ["--mode", "ws", "--conns", str(subs), "--noread", str(noread),
+                                "--pub-rate", str(p.rate), "--pub-interval", str(p.interval), "--sub", SUBSCRIBE],
+                  max_time=p.warmup + 3 * p.window + 120)
+    server.start()
+    try:
+        gen.start()
+        rss0 = server.rss()
+        time.sleep(p.warmup)
+        first = window(server.pid, gen, p.window)
+        second = window(server.pid, gen, p.window)
+        return {
+            "readers": subs - noread, "non_readers": noread,
+            "p50_ms": second["p50_ms"], "p99_ms": second["p99_ms"], "p99_first_window_ms": first["p99_ms"],
+            "deliveries_per_s": second["rate"], "server_cpu_pct": second["server_cpu_pct"],
+            "rss_start_mb": rss0 / 2**20, "rss_mid_mb": first["server_rss_mb"], "rss_end_mb": second["server_rss_mb"],
+            "slow_ended": _metric(server.url, "firehose_slow_subscribers_total"),
+        }
+    finally:
+        gen.stop()
+        server.stop()
+
+
+# -- curves ---------------------------------------------------------------------------------------
+
+
+def scaling_point(subs: int) -> Callable[[Params], dict[str, Any]]:
+    def run(p: Params) -> dict[str, Any]:
+        return _fanout(p, "ws", subs, p.rate)
+
+    return run
+
+
+def load_point(rate: float) -> Callable[[Params], dict[str, Any]]:
+    def run(p: Params) -> dict[str, Any]:
+        return _fanout(p, "ws", p.subs, rate)
+
+    return run
