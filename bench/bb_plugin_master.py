@@ -41,7 +41,7 @@ def main() -> int:
     ap.add_argument("--url", help="firehose server; without it, no plugin")
     ap.add_argument("--token", default="t0")
     ap.add_argument("--master-name", default="m0")
-    ap.add_argument("--flush-interval", type=float, default=0.2)
+    ap.add_argument("--flush-interval", type=float, default=0.05)  # the plugin's default
     ap.add_argument("--max-time", type=float, default=240.0)
     args = ap.parse_args()
     warnings.filterwarnings("ignore")

@@ -81,7 +81,7 @@ def _master_run(builds: int, url: str | None, flush: float, timeout: float = 400
     return out
 
 
-def plugin_pair(builds: int, flush: float = 0.2) -> tuple[dict[str, Any], dict[str, Any]]:
+def plugin_pair(builds: int, flush: float = 0.05) -> tuple[dict[str, Any], dict[str, Any]]:
     """One run without the plugin, one with it (and a WebSocket subscriber timing every event)."""
     without = _master_run(builds, None, flush)
     server = Server()
