@@ -60,6 +60,14 @@ class ReadResource(Resource):
         return b""
 
 
+def bearer_token(request: Request) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, or ``None``."""
+    header = (request.getHeader(b"authorization") or b"").decode("latin-1").strip()
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
 def query_args(request: Request) -> dict[str, list[str]]:
     """The query string decoded as UTF-8 (undecodable bytes become U+FFFD, never a crash)."""
     return {

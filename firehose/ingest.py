@@ -19,7 +19,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from firehose._http import error_body, json_body
+from firehose._http import bearer_token, error_body, json_body
 from firehose.cursor import format_cursor
 from firehose.event import loads
 from firehose.journal import AppendResult, IJournal
@@ -112,14 +112,13 @@ class IngestResource(Resource):
 
     def _authenticate(self, request: Request) -> str | bytes:
         """The master the bearer token belongs to, or the encoded 401/403 answer."""
-        header = (request.getHeader(b"authorization") or b"").decode("latin-1").strip()
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        token = bearer_token(request)
+        if token is None:
             request.setHeader(b"www-authenticate", b'Bearer realm="firehose"')
             return self._reject(request, 401, "unauthorized", "missing 'Authorization: Bearer <token>' header")
         if not len(self.tokens):
             return self._reject(request, 403, "no_masters", "this server has no master tokens configured")
-        master = self.tokens.master_for(token.strip())
+        master = self.tokens.master_for(token)
         if master is None:
             request.setHeader(b"www-authenticate", b'Bearer realm="firehose", error="invalid_token"')
             return self._reject(request, 401, "unauthorized", "invalid token")

@@ -42,7 +42,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from firehose import __version__
-from firehose._http import error_body, json_body
+from firehose._http import bearer_token, error_body, json_body
 from firehose.client import Backoff
 from firehose.cursor import CursorError
 from firehose.event import Event, dumps, loads
@@ -710,9 +710,8 @@ class WebhookAPI(Resource):
         if not self.admin_token:
             return error_body(request, 403, "no_admin_token",
                               "the webhook API is off: start the server with --webhook-admin-token")
-        auth = (request.getHeader(b"authorization") or b"").decode("latin-1")
-        scheme, _, token = auth.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.admin_token.encode()):
+        token = bearer_token(request)
+        if token is None or not hmac.compare_digest(token.encode(), self.admin_token.encode()):
             request.setHeader(b"www-authenticate", b'Bearer realm="firehose webhooks"')
             return error_body(request, 401, "unauthorized", "send Authorization: Bearer <admin token>")
         path = [p.decode("utf-8", "replace") for p in request.postpath or () if p]
