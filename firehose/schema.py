@@ -226,12 +226,19 @@ def validate_batch(batch: Any) -> list[dict[str, Any]]:
 def validate_event(event: Any) -> dict[str, Any]:
     """Check one event as a master would send it (the plugin checks its own output with this)."""
     try:
+        if isinstance(event, dict) and event.get("type") in EVENT_TYPES:
+            _for_type(event["type"])(event)
+            return event
+    except fastjsonschema.JsonSchemaValueException:
+        pass  # the full validator below words the error as for any other event
+    try:
         _compiled("event")(event)
     except fastjsonschema.JsonSchemaValueException as exc:
-        raise SchemaError(_describe(exc)) from None
+        raise SchemaError(_describe(exc, "event")) from None
     return event
 
 
-def _describe(exc: fastjsonschema.JsonSchemaValueException) -> str:
-    where = (exc.name or "data").replace("data", "batch", 1)
+def _describe(exc: fastjsonschema.JsonSchemaValueException, root: str = "batch") -> str:
+    """fastjsonschema names the root ``data``; name it for what was validated."""
+    where = (exc.name or "data").replace("data", root, 1)
     return exc.message.replace(exc.name or "data", where, 1) if exc.name else exc.message
