@@ -92,3 +92,42 @@ class Scenario:
                 "name": name, "number": stepid, "started_at": started_at, "complete_at": complete_at,
                 "duration": (complete_at - started_at) if complete_at is not None else None, **extra}
         return self.emit(f"step.{verb}", data, complete_at or started_at)
+
+
+class HeldReads:
+    """Makes a journal's reads wait until the test releases them, one at a time, oldest first.
+
+    :param snapshot: the page is what the journal held when the read was *queued* (as with the
+        SQLite reader thread, which reads up to the head of that moment); otherwise it is read
+        when released (to let the test change the journal, e.g. trim it, in between).
+    """
+
+    def __init__(self, journal: Any, snapshot: bool = True) -> None:
+        from twisted.internet import defer
+
+        self.pending: list[defer.Deferred[Any]] = []
+        real = journal.read
+
+        def read(after: int, limit: int) -> defer.Deferred[Any]:
+            held: defer.Deferred[Any] = defer.Deferred()
+            self.pending.append(held)
+            if snapshot:
+                page = real(after, limit)
+                return held.addCallback(lambda _: page)
+            return held.addCallback(lambda _: real(after, limit))
+
+        journal.read = read
+
+    def release(self) -> bool:
+        """Let the oldest waiting read finish; False when none was waiting."""
+        if not self.pending:
+            return False
+        self.pending.pop(0).callback(None)
+        return True
+
+    def release_all(self, at_most: int = 100) -> None:
+        """Release reads (including those the released ones start) until none waits."""
+        for _ in range(at_most):
+            if not self.release():
+                return
+        raise AssertionError(f"reads still waiting after {at_most} releases")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase
 
 from firehose.cursor import CursorError
 from firehose.filters import Filter, parse_json
 from firehose.hub import Hub
 from firehose.journal import MemoryJournal, Retention
-from tests.unit.helpers import RecordingSink, batch
+from tests.unit.helpers import HeldReads, RecordingSink, batch
 
 
 class HubTests(SynchronousTestCase):
@@ -52,27 +51,15 @@ class HubTests(SynchronousTestCase):
         """Events published while the last replay page is being read arrive once, in order."""
         self.append(1, 25)
         journal = self.journal
-        real_read = journal.read
-        reads: list[defer.Deferred] = []
-
-        def slow_read(after: int, limit: int) -> defer.Deferred:
-            # Like the SQLite reader thread: the page is what was published when the read was
-            # queued; events published while it is in flight reach the subscription only live.
-            page = self.successResultOf(real_read(after, limit))
-            d: defer.Deferred = defer.Deferred()
-            reads.append(d)
-            d.addCallback(lambda _: page)
-            return d
-
-        journal.read = slow_read  # type: ignore[method-assign]
+        # As with the SQLite reader: events published while a read is in flight are not in its
+        # page; they reach the subscription only live.
+        reads = HeldReads(journal)
         sink, sub = self.subscribe("e1:0")
         for _ in range(10):  # bounded: 25 events in pages of 10 take 3 reads
-            if not reads:
+            if not reads.pending:
                 break
-            d = reads.pop(0)
-            # Publish while this read is in flight: these may land both in the page and live.
-            self.append(journal.head + 1, journal.head + 2)
-            d.callback(None)
+            self.append(journal.head + 1, journal.head + 2)  # while this read is in flight
+            reads.release()
         self.assertTrue(sub.live)
         self.append(journal.head + 1, journal.head + 3)
         self.assertEqual(sink.offsets, list(range(1, journal.head + 1)))
@@ -169,22 +156,11 @@ class HubTests(SynchronousTestCase):
         """Live events piling up while a replay is in flight are dropped from memory and read
         from the journal instead: nothing lost, memory bounded."""
         self.append(1, 5)
-        reads: list[defer.Deferred] = []
-        real_read = self.journal.read
-
-        def held_read(after: int, limit: int) -> defer.Deferred:
-            d: defer.Deferred = defer.Deferred()
-            reads.append(d)
-            return d.addCallback(lambda _: self.successResultOf(real_read(after, limit)))
-
-        self.journal.read = held_read  # type: ignore[method-assign]
+        reads = HeldReads(self.journal, snapshot=False)
         sink, sub = self.subscribe("earliest")
         self.append(6, 40)  # more than max_pending while the first page is held
         self.assertLessEqual(len(sub._pending), self.hub.max_pending)
-        for _ in range(20):
-            if not reads:
-                break
-            reads.pop(0).callback(None)
+        reads.release_all()
         self.assertEqual(sink.seqs, list(range(1, 41)))
         self.assertTrue(sub.live)
 
@@ -195,16 +171,8 @@ class ReplayPositionTests(SynchronousTestCase):
         waiting for the seam (which would skip the events between)."""
         journal = MemoryJournal(epoch="e1")
         hub = Hub(journal, page_size=10, max_pending=100)
-        self_reads: list[defer.Deferred] = []
-        real_read = journal.read
         self.successResultOf(journal.append(batch(1, 5)))
-
-        def held(after: int, limit: int) -> defer.Deferred:
-            d: defer.Deferred = defer.Deferred()
-            self_reads.append(d)
-            return d.addCallback(lambda _: self.successResultOf(real_read(after, limit)))
-
-        journal.read = held  # type: ignore[method-assign]
+        HeldReads(journal)
         sub = hub.subscribe(RecordingSink(), Filter.everything(), "e1:2", "test")
         sub.start()
         self.successResultOf(journal.append(batch(6, 7)))  # live, while the read is held
@@ -219,19 +187,11 @@ class RetentionRaceTests(SynchronousTestCase):
         journal = MemoryJournal(epoch="e1", retention=Retention(max_age=None, max_events=50))
         hub = Hub(journal, page_size=500, max_pending=1000)
         self.successResultOf(journal.append(batch(1, 100)))
-        reads: list[defer.Deferred] = []
-        real_read = journal.read
-
-        def held(after: int, limit: int) -> defer.Deferred:
-            d: defer.Deferred = defer.Deferred()
-            reads.append(d)
-            return d.addCallback(lambda _: self.successResultOf(real_read(after, limit)))
-
-        journal.read = held  # type: ignore[method-assign]
+        reads = HeldReads(journal, snapshot=False)
         sink = RecordingSink()
         hub.subscribe(sink, Filter.everything(), "e1:10", "test").start()
         self.successResultOf(journal.trim())  # removes 1..50 while the read is queued
-        reads.pop().callback(None)
+        reads.release()
         (gap, final), = sink.gaps
         self.assertEqual((gap["reason"], gap["since"], gap["cursor"], final), ("expired", "e1:10", "e1:50", False))
         self.assertEqual(sink.offsets, list(range(51, 101)))

@@ -18,7 +18,7 @@ from firehose.ingest import MasterTokens
 from firehose.journal import MemoryJournal
 from firehose.transports.websocket import FirehoseWebSocketFactory
 from firehose.web import build_site
-from tests.unit.helpers import batch
+from tests.unit.helpers import HeldReads, batch
 
 
 class _Base(SynchronousTestCase):
@@ -332,22 +332,12 @@ class LongPollReplayTests(_Base):
         """With ``timeout=0`` and a slow journal read, the answer waits for the read and holds
         the events that were there: 'no events' only ever means none."""
         self.append(1, 3)
-        reads: list[Any] = []
-        real_read = self.journal.read
-
-        def held(after: int, limit: int) -> Any:
-            from twisted.internet import defer
-
-            d: defer.Deferred = defer.Deferred()
-            reads.append(d)
-            return d.addCallback(lambda _: self.successResultOf(real_read(after, limit)))
-
-        self.journal.read = held  # type: ignore[method-assign]
+        reads = HeldReads(self.journal)
         d = self.client.get("http://firehose.test/poll?since=e1:0&timeout=0")
         self.clock.advance(0)
         self.client.flush()
         self.assertNoResult(d)
-        reads.pop().callback(None)
+        reads.release()
         self.client.flush()
         response = self.successResultOf(d)
         body = self.successResultOf(response.json())
@@ -358,23 +348,12 @@ class LongPollReplayTests(_Base):
         page being read is done, with a cursor past that page: the next poll goes on from there
         instead of holding the request (and the reader) until the whole journal is scanned."""
         self.append(1, 35)  # pages of 10
-        reads: list[Any] = []
-        real_read = self.journal.read
-
-        def held(after: int, limit: int) -> Any:
-            from twisted.internet import defer
-
-            page = self.successResultOf(real_read(after, limit))
-            d: defer.Deferred = defer.Deferred()
-            reads.append(d)
-            return d.addCallback(lambda _: page)
-
-        self.journal.read = held  # type: ignore[method-assign]
+        reads = HeldReads(self.journal)
         d = self.client.get("http://firehose.test/poll?since=e1:0&timeout=1&builder=nomatch")
         self.clock.advance(1)
         self.client.flush()
         self.assertNoResult(d)
-        reads.pop().callback(None)
+        reads.release()
         self.client.flush()
         body = self.successResultOf(self.successResultOf(d).json())
         self.assertEqual(body, {"events": [], "cursor": "e1:10"})
