@@ -99,7 +99,7 @@ class _Sequencer:
         self.latest: dict[str, tuple[str, int]] = {}
 
     def plan(
-        self, batches: Sequence[Sequence[dict[str, Any]]], now: float
+        self, batches: Sequence[Sequence[dict[str, Any]]]
     ) -> tuple[list[AppendResult], dict[tuple[str, str], int], int]:
         overlay: dict[tuple[str, str], int] = {}
         head = self.head
@@ -176,7 +176,7 @@ class _JournalBase:
     def _write_pending(self) -> None:
         group, self._pending = self._pending, []
         self._writing = True
-        results, overlay, head = self._seq.plan([b for b, _ in group], _time.time())
+        results, overlay, head = self._seq.plan([b for b, _ in group])
         events = [e for r in results for e in r.accepted]
         d = self._store(events)
 

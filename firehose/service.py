@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,8 +64,6 @@ class Config:
 
 def parse_token(text: str) -> tuple[str, str]:
     """``NAME=TOKEN`` -> ``(name, token)``, with a message that says what is wrong."""
-    import re
-
     name, sep, token = text.partition("=")
     name, token = name.strip(), token.strip()
     if not sep or not name or not token:
