@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 def test_concurrent_retries_of_one_batch_are_published_once(server, clients):
     """The same batch POSTed by several connections at once (a master retrying after a lost
     answer) is acknowledged on every one, journaled and published once: the accepted counts
-    add up to the batch size, the rest are duplicates, and every answer names the same head."""
+    add up to the batch size and the rest are duplicates."""
     ws = WSClient(server.ws_url)
     clients.append(ws)
     ws.subscribe()
