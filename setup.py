@@ -29,6 +29,7 @@ setup(
         "test": [
             "pytest>=8",
             "pytest-timeout>=2.3",
+            "hypothesis>=6.100",
             "websockets>=13",
             "playwright>=1.48",
             "buildbot==4.3.0",

@@ -1,0 +1,23 @@
+"""Settings shared by the whole suite.
+
+Hypothesis: no per-example deadline (timing is for bench/, never for tests), and a fixed
+example budget so CI time stays bounded; ``HYPOTHESIS_PROFILE=thorough`` runs many more.
+"""
+
+import os
+
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "default",
+    deadline=None,
+    max_examples=200,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "thorough",
+    deadline=None,
+    max_examples=5000,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
