@@ -1,0 +1,1 @@
+"""Fault injection with real processes: SIGKILL under load, a full disk, a master cut off."""
