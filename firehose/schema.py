@@ -18,6 +18,16 @@ from firehose.event import EVENT_TYPES
 #: Names of masters: what a filter or a metric label may safely contain.
 MASTER_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
+#: The largest ``seq``: the journal stores it in an SQLite INTEGER (signed 64 bits).
+MAX_SEQ = 2**63 - 1
+#: The largest ``time`` (seconds): beyond 2**53 a JavaScript client no longer reads it exactly.
+MAX_TIME = 2**53
+#: How deeply an event may nest (the event object is level 1, its ``data`` level 2).  The
+#: encoder refuses about 254 levels, and nothing a master reports needs more than a handful.
+MAX_DEPTH = 32
+#: The most events one ingest batch may hold (the plugin sends at most 1000 by default).
+MAX_BATCH_EVENTS = 10_000
+
 _str = {"type": "string"}
 _int = {"type": "integer"}
 _opt_int = {"type": ["integer", "null"]}
@@ -148,9 +158,9 @@ EVENT_SCHEMA: dict[str, Any] = {
     "properties": {
         "master": {"type": "string", "pattern": MASTER_NAME_PATTERN},
         "incarnation": {"type": "string", "minLength": 1, "maxLength": 64},
-        "seq": {"type": "integer", "minimum": 1},
+        "seq": {"type": "integer", "minimum": 1, "maximum": MAX_SEQ},
         "type": {"enum": list(EVENT_TYPES)},
-        "time": {"type": "number", "minimum": 0},
+        "time": {"type": "number", "minimum": 0, "maximum": MAX_TIME},
         "data": {"type": "object"},
     },
     "allOf": [
@@ -169,6 +179,7 @@ BATCH_SCHEMA: dict[str, Any] = {
     "title": "firehose ingest batch",
     "type": "array",
     "minItems": 1,
+    "maxItems": MAX_BATCH_EVENTS,
     "items": EVENT_SCHEMA,
 }
 
@@ -183,7 +194,14 @@ DELIVERED_SCHEMA: dict[str, Any] = {
 
 
 class SchemaError(ValueError):
-    """The input does not match the schema; the message says where and why."""
+    """The input does not match the schema; the message says where and why.
+
+    :param code: the ``error`` code of the 422 answer, naming the kind of problem.
+    """
+
+    def __init__(self, message: str, code: str = "schema") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @functools.cache
@@ -206,21 +224,82 @@ def _for_type(event_type: str) -> Any:
 
 
 def validate_batch(batch: Any) -> list[dict[str, Any]]:
-    """Check an ingest batch; return it, or raise :class:`SchemaError` naming the problem."""
-    if isinstance(batch, list) and batch:
+    """Check an ingest batch; return it, or raise :class:`SchemaError` naming the problem.
+
+    Beyond the schema, every limit the journal and the encoder have is checked here, at the
+    door, so that a batch accepted here can always be stored: a real integer ``seq`` (JSON
+    Schema takes ``5.0`` for an integer, and a number past 2**64 arrives as a float), no
+    nesting deeper than :data:`MAX_DEPTH`, and seqs strictly increasing within the batch for
+    each ``(master, incarnation)`` (the journal would otherwise drop the later, smaller one as
+    a duplicate, silently).
+    """
+    if isinstance(batch, list) and batch and len(batch) <= MAX_BATCH_EVENTS:
         try:
             for event in batch:
                 if event["type"] not in EVENT_TYPES:
                     raise KeyError(event["type"])
                 _for_type(event["type"])(event)
-            return batch
         except (fastjsonschema.JsonSchemaValueException, KeyError, TypeError):
-            pass  # the whole-batch validator below names the problem exactly
+            _validate_whole(batch)  # names the problem exactly
+    else:
+        _validate_whole(batch)
+    last: dict[tuple[str, str], int] = {}
+    for i, event in enumerate(batch):
+        _check_limits(event, f"batch[{i}]")
+        key = (event["master"], event["incarnation"])
+        seq = event["seq"]
+        previous = last.get(key)
+        if previous is not None and seq <= previous:
+            raise SchemaError(
+                f"batch[{i}].seq is {seq}, not above {previous} before it: seqs must increase "
+                "strictly within a batch",
+                "seq_order",
+            )
+        last[key] = seq
+    return batch
+
+
+def _validate_whole(batch: Any) -> None:
     try:
         _compiled("batch")(batch)
     except fastjsonschema.JsonSchemaValueException as exc:
         raise SchemaError(_describe(exc)) from None
-    return batch
+
+
+def _check_limits(event: dict[str, Any], where: str) -> None:
+    """What the schema cannot say about a schema-valid event: a real integer seq, the depth."""
+    if type(event["seq"]) is not int:
+        raise SchemaError(f"{where}.seq must be an integer, not {event['seq']!r}")
+    if not _fits(event["data"], MAX_DEPTH - 2):
+        path = _too_deep(event["data"], MAX_DEPTH - 2)
+        raise SchemaError(f"{where}.data{path} nests deeper than {MAX_DEPTH} levels", "too_deep")
+
+
+_CONTAINERS = {dict, list, tuple}
+
+
+def _fits(value: Any, room: int) -> bool:
+    """Whether no container is nested more than ``room`` levels below ``value``: the fast test
+    (about 1 us for a typical event), run on every event; :func:`_too_deep` then names the path."""
+    for item in value.values() if type(value) is dict else value:
+        if type(item) in _CONTAINERS and (room <= 0 or not _fits(item, room - 1)):
+            return False
+    return True
+
+
+def _too_deep(value: dict[Any, Any] | list[Any] | tuple[Any, ...], room: int) -> str | None:
+    """The path below ``value`` of the first container more than ``room`` levels further down,
+    or ``None``.  It stops there, so it never recurses further than :data:`MAX_DEPTH`."""
+    items = value.items() if isinstance(value, dict) else enumerate(value)
+    for key, item in items:
+        if type(item) in _CONTAINERS:
+            step = f".{str(key)[:40]}" if isinstance(value, dict) else f"[{key}]"
+            if room <= 0:
+                return step
+            below = _too_deep(item, room - 1)
+            if below is not None:
+                return step + below
+    return None
 
 
 def validate_event(event: Any) -> dict[str, Any]:
@@ -228,6 +307,7 @@ def validate_event(event: Any) -> dict[str, Any]:
     try:
         if isinstance(event, dict) and event.get("type") in EVENT_TYPES:
             _for_type(event["type"])(event)
+            _check_limits(event, "event")
             return event
     except fastjsonschema.JsonSchemaValueException:
         pass  # the full validator below words the error as for any other event
@@ -235,6 +315,7 @@ def validate_event(event: Any) -> dict[str, Any]:
         _compiled("event")(event)
     except fastjsonschema.JsonSchemaValueException as exc:
         raise SchemaError(_describe(exc, "event")) from None
+    _check_limits(event, "event")
     return event
 
 
