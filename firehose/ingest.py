@@ -1,8 +1,9 @@
 """``POST /ingest``: batches of events from masters, answered only once they are durable.
 
-The checks run cheapest and most telling first: token, size, JSON, schema, then whether every
-event belongs to the master the token is for.  A rejected batch changes nothing: it never reaches
-the journal.  A 200 means the journal holds every event of the batch (or already held it: a
+The checks run cheapest and most telling first: token, size, JSON, schema and limits (depth,
+integer ranges, seq order: :func:`firehose.schema.validate_batch`), then whether every event
+belongs to the master the token is for.  A rejected batch changes nothing: it never reaches the
+journal, and everything the journal could choke on is checked before it gets there.  A 200 means the journal holds every event of the batch (or already held it: a
 retried batch is answered the same way, its events counted as duplicates).
 """
 
@@ -22,7 +23,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from firehose._http import bearer_token, error_body, json_body
 from firehose.cursor import format_cursor
 from firehose.event import loads
-from firehose.journal import AppendResult, IJournal
+from firehose.journal import AppendResult, IJournal, UnstorableBatch
 from firehose.schema import SchemaError, validate_batch
 
 
@@ -95,7 +96,7 @@ class IngestResource(Resource):
         try:
             validate_batch(batch)
         except SchemaError as exc:
-            return self._reject(request, 422, "schema", str(exc))
+            return self._reject(request, 422, exc.code, str(exc))
         for i, event in enumerate(batch):
             if event["master"] != master:
                 name = event["master"]
@@ -149,9 +150,16 @@ class IngestResource(Resource):
         _finish(request, body)
 
     def _failed(self, failure: Failure, request: Request) -> None:
-        self.stats.rejected["unavailable"] += 1
-        body = error_body(request, 503, "unavailable", f"journal unavailable: {failure.getErrorMessage()}")
-        request.setHeader(b"retry-after", b"1")
+        """A batch the journal cannot store because of what it holds is the master's fault, for
+        good: 422, which the plugin drops rather than retrying forever (the checks above should
+        make this unreachable).  Anything else is the storage's fault, for now: 503 and retry."""
+        if failure.check(UnstorableBatch):
+            self.stats.rejected["unstorable"] += 1
+            body = error_body(request, 422, "unstorable", failure.getErrorMessage())
+        else:
+            self.stats.rejected["unavailable"] += 1
+            body = error_body(request, 503, "unavailable", f"journal unavailable: {failure.getErrorMessage()}")
+            request.setHeader(b"retry-after", b"1")
         _finish(request, body)
 
 

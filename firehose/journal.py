@@ -13,6 +13,7 @@ with its own connection for replays, so neither ever blocks the reactor.
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import sqlite3
@@ -24,6 +25,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import Attribute, Interface, implementer
 
@@ -35,6 +37,58 @@ Listener = Callable[[list[Event]], None]
 
 class JournalError(Exception):
     """The journal could not be opened or written; the message says what to fix."""
+
+
+class UnstorableBatch(JournalError):
+    """This batch can never be stored: what it holds is at fault, not the storage, so retrying
+    it would fail the same way (ingest answers 422, not 503).  Ingest's checks at the door
+    should make this unreachable; it exists so that a check missed there fails one batch,
+    never the writer or the other batches of its group commit."""
+
+
+#: Raised while storing a batch when a value cannot be represented (an integer past 64 bits):
+#: the batch's fault.  Anything else (sqlite3.OperationalError, OSError) is the storage's.
+_CONTENT_ERRORS = (OverflowError, TypeError, ValueError, sqlite3.InterfaceError)
+
+
+@dataclass
+class WriteHealth:
+    """Whether the journal's writes reach storage, for ``/health`` and ``/metrics``.
+
+    A storage fault (disk full, I/O error) sets :attr:`error` and :attr:`since`; the next write
+    that reaches storage clears both.  A batch refused for its own content is no storage fault.
+    """
+
+    #: Writes that failed for a storage fault since the journal was opened.
+    failures: int = 0
+    #: The last storage fault, while writes keep failing.
+    error: str | None = None
+    #: When writes started failing (seconds since the epoch).
+    since: float | None = None
+
+    @property
+    def writable(self) -> bool:
+        return self.error is None
+
+    def failed(self, error: str, now: float) -> None:
+        self.failures += 1
+        self.error = error
+        if self.since is None:
+            self.since = now
+
+    def succeeded(self) -> None:
+        self.error = self.since = None
+
+
+def describe_storage_error(exc: BaseException | None) -> str:
+    """A sentence for a write error, naming a full disk as such: SQLite reports it as
+    ``database or disk is full`` (SQLITE_FULL), the OS as ENOSPC."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    full = (code is not None and code & 0xFF == sqlite3.SQLITE_FULL) or (
+        isinstance(exc, OSError) and exc.errno == errno.ENOSPC
+    )
+    text = str(exc) or type(exc).__name__
+    return f"disk full ({text})" if full else text
 
 
 @dataclass
@@ -59,6 +113,7 @@ class IJournal(Interface):
     epoch = Attribute("The journal's epoch: changes when the journal is recreated.")
     head = Attribute("Offset of the newest event, 0 when empty.")
     earliest = Attribute("Offset of the oldest retained event (head + 1 when empty).")
+    write_health = Attribute("A WriteHealth: whether writes reach storage, the last fault, since when.")
 
     def append(batch: Sequence[dict[str, Any]]) -> defer.Deferred[AppendResult]:
         """Deduplicate, number and durably store a batch of validated events."""
@@ -100,37 +155,53 @@ class _Sequencer:
 
     def plan(
         self, batches: Sequence[Sequence[dict[str, Any]]]
-    ) -> tuple[list[AppendResult], dict[tuple[str, str], int], int]:
+    ) -> tuple[list[AppendResult | Failure], dict[tuple[str, str], int], int]:
+        """Number and encode each batch after the ones before it.  A batch that cannot be
+        planned (an event the encoder refuses) gets a :class:`Failure` in its place and leaves
+        no trace in the overlay, so the batches around it are planned as if it never came."""
         overlay: dict[tuple[str, str], int] = {}
         head = self.head
-        results = []
+        results: list[AppendResult | Failure] = []
         for batch in batches:
-            result = AppendResult()
-            for ev in batch:
-                key = (ev["master"], ev["incarnation"])
-                last = overlay.get(key, self.seqs.get(key, 0))
-                seq = ev["seq"]
-                if seq <= last:
-                    result.duplicates += 1
-                    continue
-                if seq != last + 1:
-                    result.seq_gaps += 1
-                overlay[key] = seq
-                head += 1
-                result.accepted.append(
-                    Event.build(
-                        head,
-                        format_cursor(self.epoch, head),
-                        type=ev["type"],
-                        master=ev["master"],
-                        incarnation=ev["incarnation"],
-                        seq=seq,
-                        time=ev["time"],
-                        data=ev["data"],
-                    )
-                )
+            try:
+                result, mine, head_after = self._plan_one(batch, overlay, head)
+            except Exception:
+                results.append(Failure())
+                continue
+            overlay.update(mine)
+            head = head_after
             results.append(result)
         return results, overlay, head
+
+    def _plan_one(
+        self, batch: Sequence[dict[str, Any]], overlay: dict[tuple[str, str], int], head: int
+    ) -> tuple[AppendResult, dict[tuple[str, str], int], int]:
+        result = AppendResult()
+        mine: dict[tuple[str, str], int] = {}
+        for ev in batch:
+            key = (ev["master"], ev["incarnation"])
+            last = mine.get(key, overlay.get(key, self.seqs.get(key, 0)))
+            seq = ev["seq"]
+            if seq <= last:
+                result.duplicates += 1
+                continue
+            if seq != last + 1:
+                result.seq_gaps += 1
+            mine[key] = seq
+            head += 1
+            result.accepted.append(
+                Event.build(
+                    head,
+                    format_cursor(self.epoch, head),
+                    type=ev["type"],
+                    master=ev["master"],
+                    incarnation=ev["incarnation"],
+                    seq=seq,
+                    time=ev["time"],
+                    data=ev["data"],
+                )
+            )
+        return result, mine, head
 
     def commit(self, overlay: dict[tuple[str, str], int], head: int) -> None:
         self.seqs.update(overlay)
@@ -150,7 +221,10 @@ class _JournalBase:
         self._listeners: list[Listener] = []
         self._pending: list[tuple[Sequence[dict[str, Any]], defer.Deferred[AppendResult]]] = []
         self._writing = False
+        #: How many of the pending batches to write one at a time (after a group failed).
+        self._alone = 0
         self._idle: list[defer.Deferred[None]] = []
+        self.write_health = WriteHealth()
 
     @property
     def epoch(self) -> str:
@@ -174,31 +248,49 @@ class _JournalBase:
         return d
 
     def _write_pending(self) -> None:
-        group, self._pending = self._pending, []
+        """Write every pending batch in one commit, or, after a group failed, the next one alone.
+
+        Whatever is raised while planning, encoding or storing ends in :meth:`_written`, which
+        answers every batch of the group and always lets the next group start: no exception
+        can leave the writer busy, and so ingest hung, for everyone.
+        """
+        if self._alone:
+            self._alone -= 1
+            group, self._pending = self._pending[:1], self._pending[1:]
+        else:
+            group, self._pending = self._pending, []
         self._writing = True
-        results, overlay, head = self._seq.plan([b for b, _ in group])
-        events = [e for r in results for e in r.accepted]
-        d = self._store(events)
+        planned: list[AppendResult | Failure] = []
+        overlay: dict[tuple[str, str], int] = {}
+        head = self.head
+        try:
+            planned, overlay, head = self._seq.plan([b for b, _ in group])
+            events = [e for r in planned if isinstance(r, AppendResult) for e in r.accepted]
+            d = self._store(events)
+        except Exception:
+            events, d = [], defer.fail()
+        d.addBoth(self._written, group, planned, overlay, head, events)
 
-        def stored(_: object) -> None:
-            self._seq.commit(overlay, head)
-            if events:
-                if self.earliest > events[0].offset:
-                    self.earliest = events[0].offset
-                for listener in self._listeners:
-                    try:
-                        listener(events)
-                    except Exception:
-                        self.log.failure("journal listener failed")
-            for (_, bd), result in zip(group, results, strict=True):
-                bd.callback(result)
-
-        def failed(failure: Any) -> None:
-            self.log.failure("journal write failed; {n} batches not acknowledged", failure, n=len(group))
+    def _written(
+        self,
+        outcome: object,
+        group: list[tuple[Sequence[dict[str, Any]], defer.Deferred[AppendResult]]],
+        planned: list[AppendResult | Failure],
+        overlay: dict[tuple[str, str], int],
+        head: int,
+        events: list[Event],
+    ) -> None:
+        try:
+            if isinstance(outcome, Failure):
+                self._group_failed(outcome, group)
+            else:
+                self._group_stored(group, planned, overlay, head, events)
+        except Exception:
+            self.log.failure("journal: answering a group commit failed")
             for _, bd in group:
-                bd.errback(JournalError(f"journal write failed: {failure.getErrorMessage()}"))
-
-        def next_group(_: object) -> None:
+                if not bd.called:
+                    bd.errback(JournalError("journal write failed: internal error"))
+        finally:
             self._writing = False
             if self._pending:
                 self._write_pending()
@@ -207,7 +299,50 @@ class _JournalBase:
                 for w in idle:
                     w.callback(None)
 
-        d.addCallbacks(stored, failed).addBoth(next_group)
+    def _group_stored(
+        self,
+        group: list[tuple[Sequence[dict[str, Any]], defer.Deferred[AppendResult]]],
+        planned: list[AppendResult | Failure],
+        overlay: dict[tuple[str, str], int],
+        head: int,
+        events: list[Event],
+    ) -> None:
+        self._seq.commit(overlay, head)
+        if events:
+            self.write_health.succeeded()
+            if self.earliest > events[0].offset:
+                self.earliest = events[0].offset
+            for listener in self._listeners:
+                try:
+                    listener(events)
+                except Exception:
+                    self.log.failure("journal listener failed")
+        for (_, bd), result in zip(group, planned, strict=True):
+            if isinstance(result, AppendResult):
+                bd.callback(result)
+            else:
+                self.log.failure("journal cannot encode a batch; refusing that batch alone", result)
+                bd.errback(UnstorableBatch(f"the journal cannot store this batch: {result.getErrorMessage()}"))
+
+    def _group_failed(
+        self, failure: Failure, group: list[tuple[Sequence[dict[str, Any]], defer.Deferred[AppendResult]]]
+    ) -> None:
+        if len(group) > 1:
+            # One batch may hold what the storage refuses: write each alone, first, so that
+            # only that one fails (none of them is committed, so each is planned afresh).
+            self.log.failure("journal group commit of {n} batches failed; writing each alone", failure, n=len(group))
+            self._pending[:0] = group
+            self._alone += len(group)
+            return
+        self.log.failure("journal write failed; batch not acknowledged", failure)
+        if failure.check(*_CONTENT_ERRORS):
+            error: JournalError = UnstorableBatch(f"the journal cannot store this batch: {failure.getErrorMessage()}")
+        else:
+            why = describe_storage_error(failure.value)
+            self.write_health.failed(why, _time.time())
+            error = JournalError(f"journal write failed: {why}")
+        for _, bd in group:
+            bd.errback(error)
 
     def _when_idle(self) -> defer.Deferred[None]:
         if not self._writing:
@@ -308,9 +443,10 @@ class SQLiteJournal(_JournalBase):
         self.path = path
         self._retention = retention or Retention()
         try:
+            empty_file = os.path.isfile(path) and os.path.getsize(path) == 0
             self._writer_db = self._connect(synchronous)
             self._writer_db.executescript(_SCHEMA)
-            epoch = self._load_epoch()
+            epoch, created = self._load_epoch()
             head, earliest = self._bounds(self._writer_db)
             seqs = {
                 (m, i): s
@@ -321,6 +457,14 @@ class SQLiteJournal(_JournalBase):
             self._reader_db = self._connect(synchronous)
         except sqlite3.Error as exc:
             raise JournalError(f"cannot open journal database {path!r}: {exc}") from exc
+        if created and empty_file:
+            # SQLite takes an empty file for a new database: say so, since this is usually a
+            # journal lost (truncated, or restored as a placeholder) rather than a first start.
+            self.log.warn(
+                "journal file {path} exists but is empty (0 bytes): starting a new journal with "
+                "epoch {epoch}; subscribers resuming from an older cursor will get an epoch gap",
+                path=path, epoch=epoch,
+            )
         super().__init__(epoch, head, earliest, seqs)
         for (master, incarnation), seq in seqs.items():
             self._seq.latest[master] = (incarnation, seq)
@@ -339,13 +483,14 @@ class SQLiteJournal(_JournalBase):
         db.execute("PRAGMA busy_timeout=5000")
         return db
 
-    def _load_epoch(self) -> str:
+    def _load_epoch(self) -> tuple[str, bool]:
+        """The stored epoch, or a new one; and whether it is new."""
         row = self._writer_db.execute("SELECT value FROM meta WHERE key='epoch'").fetchone()
         if row:
-            return str(row[0])
+            return str(row[0]), False
         epoch = _new_epoch()
         self._writer_db.execute("INSERT INTO meta VALUES ('epoch', ?)", (epoch,))
-        return epoch
+        return epoch, True
 
     @staticmethod
     def _bounds(db: sqlite3.Connection) -> tuple[int, int]:
@@ -388,8 +533,14 @@ class SQLiteJournal(_JournalBase):
                 (str(rows[-1][0]),),
             )
             db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
+        except BaseException as exc:
+            # SQLite may have rolled back already (a COMMIT that found the disk full does): a
+            # second ROLLBACK would raise "no transaction is active" and hide the real error.
+            if db.in_transaction:
+                try:
+                    db.execute("ROLLBACK")
+                except sqlite3.Error as rollback:
+                    exc.add_note(f"and the rollback failed: {rollback}")
             raise
 
     def read(self, after: int, limit: int) -> defer.Deferred[list[Event]]:
