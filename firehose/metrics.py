@@ -79,6 +79,15 @@ class FirehoseCollector:
             value=max(0, self.journal.head - self.journal.earliest + 1),
         )
         yield GaugeMetricFamily("firehose_journal_bytes", "Journal size on disk.", value=self.journal_bytes())
+        writes = self.journal.write_health
+        yield CounterMetricFamily(
+            "firehose_journal_write_errors", "Journal writes that failed for a storage fault.",
+            value=writes.failures,
+        )
+        yield GaugeMetricFamily(
+            "firehose_journal_writable", "1 while journal writes reach storage, 0 after a storage fault.",
+            value=1 if writes.writable else 0,
+        )
 
 
 class MetricsResource(Resource):

@@ -123,8 +123,15 @@ def build_site(
 
 
 def _health(hub: Hub, journal: IJournal) -> dict[str, Any]:
+    """The node's health.  ``degraded`` while the journal cannot be written (a full disk, say):
+    such a node acknowledges no batch, so a load balancer should take it out of service."""
+    writes = journal.write_health
+    problem: dict[str, Any] = {}
+    if not writes.writable:
+        problem = {"reason": f"journal cannot be written: {writes.error}", "since": writes.since}
     return {
-        "status": "ok",
+        "status": "degraded" if problem else "ok",
+        **problem,
         "version": __version__,
         "epoch": journal.epoch,
         "cursor": hub.head_cursor,
