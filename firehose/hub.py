@@ -10,6 +10,11 @@ Memory per subscription is bounded: while its transport is paused (the socket is
 live events wait in a queue of at most ``max_pending``; past that the subscription ends with a
 ``gap`` of reason ``slow`` that names the cursor to resume from, and the others never notice.
 The hub knows nothing of any transport: a transport hands it a :class:`Sink`.
+
+A sink that raises is a fault of that subscriber only.  Every call into a sink is reached from
+a guarded entry point (publish, ``start``, ``resume``, the replay loop); an exception ends that
+subscription with a final ``gap`` of reason ``error`` naming the cursor before what it failed
+to take, is logged, and goes no further: the publish loop goes on to the next subscriber.
 """
 
 from __future__ import annotations
@@ -38,7 +43,8 @@ class Sink(Protocol):
         """Write these events (in order) to the client; never called with an empty list."""
 
     def gap(self, gap: dict[str, Any], final: bool) -> None:
-        """Tell the client of a gap.  ``final``: the subscription has ended (reason ``slow``)."""
+        """Tell the client of a gap.  ``final``: the subscription has ended (reason ``slow``, or
+        ``error`` after this sink raised)."""
 
     def replayed(self, caught_up: bool) -> None:
         """A replay page was read (``position`` has moved on); ``caught_up``: it reached the
@@ -52,6 +58,8 @@ class Stats:
         self.subscribers: Counter[str] = Counter()
         self.delivered: Counter[str] = Counter()
         self.slow: Counter[str] = Counter()
+        #: Subscriptions ended because their sink raised (a transport bug, never the client's).
+        self.failed: Counter[str] = Counter()
         self.published = 0
 
 
@@ -134,12 +142,17 @@ class Hub:
         # distinct filters x events (and the matches), not subscribers x events.
         matched_by_filter: dict[Any, list[Event]] = {}
         for sub in list(self._live):
+            if not sub._attached:
+                continue  # ended by an earlier sink of this same loop
             flt = sub.filter
             matched = matched_by_filter.get(flt.key)
             if matched is None:
                 matched = events if flt.is_everything else [e for e in events if flt.matches(e)]
                 matched_by_filter[flt.key] = matched
-            sub._offer(events, matched)
+            try:
+                sub._offer(events, matched)
+            except Exception:
+                sub._fail("live delivery")
 
     @property
     def subscriptions(self) -> Iterable[Subscription]:
@@ -168,6 +181,8 @@ class Subscription:
         self._pending: list[Event] = []
         self._reading = False
         self._initial_gap: dict[str, Any] | None = None
+        #: Set when ``sink.send`` raised: the offset before the events it failed to take.
+        self._failed_at: int | None = None
 
     @property
     def position(self) -> int:
@@ -189,6 +204,12 @@ class Subscription:
 
     def start(self) -> None:
         """Begin delivery: the gap, if ``since`` needed one, then replay, then live."""
+        try:
+            self._start()
+        except Exception:
+            self._fail("start")
+
+    def _start(self) -> None:
         if self._initial_gap is not None:
             self.sink.gap(self._initial_gap, final=False)
             self._initial_gap = None
@@ -221,10 +242,13 @@ class Subscription:
         self.paused = False
         if self.closed:
             return
-        if self.live:
-            self._flush()
-        elif not self._reading:
-            self._replay()
+        try:
+            if self.live:
+                self._flush()
+            elif not self._reading:
+                self._replay()
+        except Exception:
+            self._fail("resume")
 
     def close(self) -> None:
         """Stop delivering (the client went away or unsubscribed).  Idempotent."""
@@ -259,9 +283,7 @@ class Subscription:
                     return
                 self.sink.replayed(caught_up=False)
         except Exception:
-            self.log.failure("replay failed; ending subscription")
-            self.sink.gap(self.hub._gap("error", None, self.seen), final=True)
-            self.close()
+            self._fail("replay")
         finally:
             self._reading = False
 
@@ -298,8 +320,33 @@ class Subscription:
         return True
 
     def _send(self, events: list[Event]) -> None:
+        try:
+            self.sink.send(events)
+        except Exception:
+            # Every earlier event was taken, in order: a resume starts at this batch.
+            self._failed_at = events[0].offset - 1
+            raise
         self.hub.stats.delivered[self.transport] += len(events)
-        self.sink.send(events)
+
+    def _fail(self, where: str) -> None:
+        """The sink (or a journal read) raised: end this subscription alone.
+
+        Called in an ``except`` block, so the log carries the traceback.  The final ``error``
+        gap names the cursor to resume from: before the batch ``send`` refused, else our
+        position.  A sink whose ``gap`` raises too is still closed; one that had already been
+        ended (its final ``slow`` gap raised) is not told twice.
+        """
+        self.log.failure("{transport} subscriber failed in {where}; ending it with an error gap",
+                         transport=self.transport, where=where)
+        resume = self._failed_at if self._failed_at is not None else self.position
+        if self.closed:
+            return
+        self.close()
+        self.hub.stats.failed[self.transport] += 1
+        try:
+            self.sink.gap(self.hub._gap("error", None, resume), final=True)
+        except Exception:
+            self.log.failure("{transport} subscriber's error gap failed too", transport=self.transport)
 
     def _offer(self, events: list[Event], matching: list[Event] | None = None) -> None:
         """Live events from the hub; ``matching``: those of them this filter matches."""
