@@ -21,17 +21,53 @@ from typing import Any
 
 from firehose.event import RESULT_NAMES
 
-#: Property names matching any of these (case-insensitive regular expressions, searched
-#: anywhere in the name) have their value replaced by :data:`REDACTED`.
-DEFAULT_DENY_PATTERNS: tuple[str, ...] = ("password", "passwd", "token", "secret", "key", "credential")
+#: Property names (and keys inside property values, at any depth) matching any of these
+#: case-insensitive regular expressions, searched anywhere in the name, have their value replaced
+#: by :data:`REDACTED`.  Each is searched in the name as written and with camelCase split by
+#: ``_`` (``dbPass`` is also tried as ``db_Pass``), so the two short, ambiguous words are matched
+#: only as word parts: ``pass`` (``DB_PASS``, ``dbPass``, not ``passed`` or ``compass``) and
+#: ``auth`` (``auth``, ``oauth``, ``authorization``, not ``author``).  ``key`` covers ``api_key``,
+#: ``apiKey``, ``private_key``, ``ssh_key``; false positives such as ``monkey`` are the price of
+#: never missing a key.
+DEFAULT_DENY_PATTERNS: tuple[str, ...] = (
+    "password",
+    "passwd",
+    "passphrase",
+    "passcode",
+    "(?<![a-z])pass(?![a-z])",
+    "pwd",
+    "secret",
+    "token",
+    "key",
+    "credential",
+    "(?<![a-z])creds?(?![a-z])",
+    "auth(?!or(?!i[sz]))",
+    "cookie",
+    "session",
+)
 
-#: What a redacted value is replaced with.
+#: What a redacted value is replaced with (also the whole userinfo of a URL).
 REDACTED = "<redacted>"
+#: What a known secret value is replaced with.
+SECRET = "<secret>"
+_MARKERS = (SECRET, REDACTED)
+
+#: Nested property values deeper than this are sent as :data:`REDACTED`: bounds the walk, and
+#: keeps the event within the server's nesting limit (32 levels, the value itself sits at up
+#: to 5 inside a ``master.started`` snapshot), so a deep value cannot get its event dropped.
+MAX_DEPTH = 16
+
+#: The userinfo of a URL (``scheme://user:pass@``): everything from ``://`` to the last ``@``
+#: before the authority ends, so a password containing a raw ``@`` goes too.
+_USERINFO = re.compile(r"(?<=://)[^/?#\s]*@")
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 
 #: A header line of a stdio log that starts the worker's environment dump.
 _ENV_START = " environment:"
 #: Environment dump lines: two spaces then ``NAME=``.
 _ENV_LINE = re.compile(r"^  [^\s=]+=")
+#: The header lines buildbot-worker writes right after the environment dump.
+_ENV_END = re.compile(r"^ (?:using PTY: |writing \d+ bytes to stdin$)")
 
 
 def get(payload: Any, name: str, default: Any = None) -> Any:
@@ -99,10 +135,18 @@ def duration(started: Any, complete: Any) -> float | int | None:
 class Redactor:
     """Decides which property values and which substrings must never leave the master.
 
-    :param deny_patterns: case-insensitive regular expressions; a property whose *name* matches
-        one (searched anywhere) is sent as :data:`REDACTED`.
-    :param secret_values: known secret values; any occurrence inside any string sent is
-        replaced by ``<secret>``.
+    Three rules, applied to everything an event carries (:meth:`scrub_all` runs on every event's
+    data before it is encoded):
+
+    * a property whose *name* is deny-listed, or a key inside a property value (dicts and lists
+      are walked to :data:`MAX_DEPTH`), has its value sent as :data:`REDACTED`;
+    * every known secret value, anywhere inside any string, becomes :data:`SECRET`;
+    * the userinfo of every URL in any string (``https://user:pass@host``) becomes
+      :data:`REDACTED`: tokens travel as user names as often as passwords.
+
+    :param deny_patterns: case-insensitive regular expressions searched in names (see
+        :data:`DEFAULT_DENY_PATTERNS`).
+    :param secret_values: known secret values.
     """
 
     def __init__(
@@ -118,41 +162,67 @@ class Redactor:
         )
         self._secrets: set[str] = set()
         self._secret_re: re.Pattern[str] | None = None
+        self._split_re: re.Pattern[str] | None = None
+        self.context_lines = 0
         self.add_secrets(secret_values)
 
     @property
     def has_secrets(self) -> bool:
-        """Whether any secret value is known (scrubbing is skipped entirely otherwise)."""
+        """Whether any secret value is known (secret scrubbing is skipped entirely otherwise)."""
         return self._secret_re is not None
 
     def add_secrets(self, values: Iterable[str]) -> bool:
         """Learn secret values to scrub; returns whether anything new was learnt.
 
-        Values shorter than 4 characters are ignored: scrubbing them would mangle ordinary text
-        and they are not worth protecting this way.
+        Surrounding whitespace is dropped (a secret read from a file often ends with a newline
+        that the log does not show; the core is what must not leak).  Values shorter than 4
+        characters are ignored: scrubbing them would mangle ordinary text and they are not worth
+        protecting this way.
         """
-        new = {v for v in values if isinstance(v, str) and len(v.strip()) >= 4} - self._secrets
+        cores = {v.strip() for v in values if isinstance(v, str)}
+        new = {v for v in cores if len(v) >= 4} - self._secrets
         if not new:
             return False
         self._secrets |= new
         ordered = sorted(self._secrets, key=len, reverse=True)
         self._secret_re = re.compile("|".join(re.escape(s) for s in ordered))
+        # Log lines: Buildbot stores a line longer than 4096 characters as several lines, turns
+        # '\r' into a line break, and a secret may itself hold newlines (a key), so in joined log
+        # text a secret may have a line break between any two of its characters.
+        logged = sorted({s.replace("\r\n", "\n").replace("\r", "\n") for s in self._secrets}, key=len, reverse=True)
+        self._split_re = re.compile("|".join("\n?".join(re.escape(c) for c in s) for s in logged))
+        self.context_lines = min(256, max(s.count("\n") + len(s) // 4000 + 2 for s in logged))
         return True
 
     def denied(self, name: str) -> bool:
-        """Whether a property of this name is redacted."""
-        return bool(self._deny and self._deny.search(name))
+        """Whether a property (or a key inside a property value) of this name is redacted."""
+        if self._deny is None:
+            return False
+        return bool(self._deny.search(name) or self._deny.search(_CAMEL.sub("_", name)))
 
     def scrub(self, text: str) -> str:
-        """Replace every known secret value inside ``text``."""
-        if self._secret_re is None or not text:
+        """Replace every known secret value and every URL's userinfo inside ``text``."""
+        if not text:
             return text
-        return self._secret_re.sub("<secret>", text)
+        if self._secret_re is not None:
+            text = self._secret_re.sub(SECRET, text)
+        return _scrub_userinfo(text)
+
+    def scrub_lines(self, lines: Sequence[str], before: Sequence[str] = ()) -> list[str]:
+        """Scrub consecutive log lines as one text, so a secret split over lines goes too.
+
+        :param before: the raw lines just before ``lines`` (already sent): context only, so the
+            end of a secret that started there is found; they are not returned.
+        :returns: one scrubbed line per line of ``lines``; a secret spanning lines is replaced by
+            :data:`SECRET` on the line where it starts, and its other pieces vanish.
+        """
+        if self._split_re is not None:
+            joined = self._split_re.sub(lambda m: SECRET + "\n" * m.group().count("\n"), "\n".join([*before, *lines]))
+            lines = joined.split("\n")[len(before):]
+        return [_scrub_userinfo(line) for line in lines]
 
     def scrub_all(self, value: Any) -> Any:
-        """Scrub secret values from every string inside a JSON-like value."""
-        if self._secret_re is None:
-            return value
+        """Scrub secret values and URL userinfo from every string (keys too) of a JSON-like value."""
         if isinstance(value, str):
             return self.scrub(value)
         if isinstance(value, dict):
@@ -162,15 +232,47 @@ class Redactor:
         return value
 
     def properties(self, props: Mapping[str, Any] | None) -> dict[str, Any]:
-        """``{name: value}`` from Buildbot properties, denied names redacted.
+        """``{name: value}`` from Buildbot properties, denied names redacted at any depth.
 
         Accepts both ``{name: (value, source)}`` (Buildbot's form) and ``{name: value}``.
         """
         out: dict[str, Any] = {}
         for name, raw in (props or {}).items():
-            value = prop_value(raw)
-            out[name] = REDACTED if self.denied(name) else plain(value)
+            out[name] = REDACTED if self.denied(name) else self._nested(plain(prop_value(raw)), 1)
         return out
+
+    def _nested(self, value: Any, depth: int) -> Any:
+        """Redact the values of denied keys inside a plain value; too deep is redacted whole."""
+        if not isinstance(value, dict | list):
+            return value
+        if depth > MAX_DEPTH:
+            return REDACTED
+        if isinstance(value, list):
+            return [self._nested(v, depth + 1) for v in value]
+        return {k: REDACTED if self.denied(k) else self._nested(v, depth + 1) for k, v in value.items()}
+
+
+def _scrub_userinfo(text: str) -> str:
+    """``scheme://user:pass@host`` -> ``scheme://<redacted>@host`` anywhere in ``text``."""
+    if "://" not in text or "@" not in text:
+        return text
+    return _USERINFO.sub(REDACTED + "@", text)
+
+
+def _truncate(line: str, limit: int) -> str:
+    """Cut ``line`` to ``limit`` characters (plus an ellipsis), never through a marker.
+
+    Runs after scrubbing, so the kept part can hold only markers, never a secret's beginning;
+    a marker the cut would split is dropped whole rather than left as a ``<sec`` stub.
+    """
+    if len(line) <= limit:
+        return line
+    cut = limit
+    for marker in _MARKERS:
+        start = line.find(marker, max(0, cut - len(marker) + 1))
+        if start != -1 and start < cut:
+            cut = start
+    return line[:cut] + "…"
 
 
 def prop_value(raw: Any) -> Any:
@@ -420,9 +522,14 @@ def log_data(log: Any, *, step: Mapping[str, Any]) -> dict[str, Any]:
 class StdioFilter:
     """Removes the worker's environment dump from the header lines of a stdio log.
 
-    Buildbot writes ``h environment:`` then one ``h  NAME=value`` header line per variable; a
-    value may span several lines, so the filter is stateful across chunks of one log and drops
-    every header line until the next header that is not indented by two spaces.
+    buildbot-worker sends the dump as one header message, ``environment:`` then ``  NAME=value``
+    per variable; a value may hold newlines (an SSH key in a variable), and its later lines can
+    look like anything, so no line's shape tells where a value ends.  What does is the worker's
+    next header, always ``using PTY: ...`` (or ``writing N bytes to stdin`` before it): the
+    filter drops every header line from the dump's start to that marker, whatever comes between.
+    A stdout or stderr line also ends the dump (the command is running).  The filter is stateful
+    across the chunks of one log, and after lines were skipped unseen it fails closed: see
+    :meth:`lost_lines`.
     """
 
     def __init__(self) -> None:
@@ -431,16 +538,22 @@ class StdioFilter:
     def keep(self, line: str) -> bool:
         """Whether a raw stdio line (stream character first) may be sent."""
         if not line.startswith("h"):
+            self.in_env = False
             return True
         text = line[1:]
+        if self.in_env:
+            if not _ENV_END.match(text):
+                return False
+            self.in_env = False
+            return True
         if text.startswith(_ENV_START):
             self.in_env = True
             return True  # the marker itself carries nothing secret
-        if self.in_env:
-            if text.startswith("  "):
-                return False
-            self.in_env = False
         return not _ENV_LINE.match(text)
+
+    def lost_lines(self) -> None:
+        """Lines were skipped unseen: they may have started a dump, so drop headers until its end."""
+        self.in_env = True
 
 
 def split_log_lines(
@@ -450,9 +563,18 @@ def split_log_lines(
     stdio: StdioFilter | None,
     redactor: Redactor,
     max_line: int = 2000,
+    emit: int | None = None,
+    tail: list[str] | None = None,
 ) -> tuple[list[str], str | None, int]:
-    """Split a chunk of log content into lines to send.
+    """Split a chunk of log content into lines to send: filter, scrub, then truncate.
 
+    Scrubbing runs on whole lines joined together (a secret may span lines) and before the cut
+    at ``max_line``, so no secret's beginning survives a cut.
+
+    :param emit: how many of the content's lines to send; lines after them are read only as
+        context, so a secret that starts in the last sent line and ends in the next is found.
+    :param tail: the raw lines that preceded ``content`` (context for a secret that started
+        there); updated in place to the last :attr:`Redactor.context_lines` raw lines sent.
     :returns: ``(lines, streams, removed)``: for stdio logs the stream character is stripped from
         each line and returned in ``streams`` (one char per line: ``o`` stdout, ``e`` stderr,
         ``h`` header); ``removed`` counts lines dropped by the environment filter.
@@ -460,20 +582,29 @@ def split_log_lines(
     raw = content.split("\n")
     if raw and raw[-1] == "":
         raw.pop()
-    lines: list[str] = []
+    count = len(raw) if emit is None else min(emit, len(raw))
+    texts: list[str] = []
     streams: list[str] = []
-    removed = 0
-    for line in raw:
+    keep: list[bool] = []
+    for i, line in enumerate(raw):
+        text = line[1:] if log_type == "s" else line
+        texts.append(text)
+        if i >= count:
+            continue
         if log_type == "s":
-            if stdio is not None and not stdio.keep(line):
-                removed += 1
-                continue
+            # Decide on the raw line: a scrubbed one could hide the dump's start marker.
+            keep.append(stdio is None or stdio.keep(line))
             streams.append(line[:1] or "o")
-            line = line[1:]
-        if len(line) > max_line:
-            line = line[:max_line] + "…"
-        lines.append(redactor.scrub(line))
-    return lines, ("".join(streams) if log_type == "s" else None), removed
+        else:
+            keep.append(True)
+    before = list(tail or ())
+    scrubbed = redactor.scrub_lines(texts, before=before)[:count]
+    if tail is not None:
+        tail[:] = [*before, *texts[:count]][-redactor.context_lines :] if redactor.context_lines else []
+    lines = [_truncate(text, max_line) for text, k in zip(scrubbed, keep, strict=True) if k]
+    if log_type != "s":
+        return lines, None, 0
+    return lines, "".join(st for st, k in zip(streams, keep, strict=True) if k), keep.count(False)
 
 
 def sanitize_master_name(name: str) -> str:

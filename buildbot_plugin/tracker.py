@@ -67,6 +67,8 @@ class _Log:
     skipped: int = 0
     removed: int = 0
     stdio: convert.StdioFilter | None = None
+    #: The last raw lines sent: context for scrubbing a secret that spans two fetches.
+    tail: list[str] = field(default_factory=list)
 
 
 class LineBudget:
@@ -475,11 +477,18 @@ class Tracker:
         offset = lg.offset
         while granted > 0:
             n = min(granted, self.log_lines_per_event)
-            contents = yield self._get(("logs", lg.logid, "contents"), offset=offset, limit=n)
+            # Read a few lines past the ones sent, so a secret crossing the end is seen whole.
+            ahead = max(0, min(self.redactor.context_lines, lg.num_lines - offset - n))
+            contents = yield self._get(("logs", lg.logid, "contents"), offset=offset, limit=n + ahead)
             if not contents:
                 break
             lines, streams, removed = convert.split_log_lines(
-                contents.get("content") or "", log_type=log_type, stdio=lg.stdio, redactor=self.redactor
+                contents.get("content") or "",
+                log_type=log_type,
+                stdio=lg.stdio,
+                redactor=self.redactor,
+                emit=n,
+                tail=lg.tail,
             )
             got = n if (contents.get("content") or "") else 0
             if not got:
@@ -497,8 +506,9 @@ class Tracker:
         if skipped > 0:
             # Over the rate limit: skip ahead instead of falling further behind.
             lg.skipped += skipped
+            lg.tail.clear()
             if lg.stdio is not None:
-                lg.stdio.in_env = False
+                lg.stdio.lost_lines()
         lg.offset = lg.num_lines
 
     # -- snapshot --------------------------------------------------------------------------------
