@@ -55,6 +55,23 @@ def _parser() -> argparse.ArgumentParser:
         help="bearer token of the webhook API /api/webhooks (or FIREHOSE_WEBHOOK_ADMIN_TOKEN; "
         "without one the API is off)",
     )
+    limits = serve.add_argument_group("limits", "what one client may hold (see docs/server.md#limits)")
+    limits.add_argument(
+        "--max-connections", metavar="N", type=int,
+        help="open connections in all; past it: 503 (default 10,000, or 90%% of the open file limit)",
+    )
+    limits.add_argument(
+        "--max-connections-per-address", metavar="N", type=int,
+        help="open connections per client address; past it: 429 (default 256; 0: no limit, for a proxy)",
+    )
+    limits.add_argument(
+        "--request-timeout", metavar="SECONDS", type=float,
+        help="a request (line, headers, body) must arrive within this of its first byte; past it: 408 (default 10)",
+    )
+    limits.add_argument(
+        "--idle-timeout", metavar="SECONDS", type=float,
+        help="close a keep-alive connection quiet between requests for this long (default 60)",
+    )
     from firehose.cli_tools import add_commands
 
     add_commands(commands)
@@ -68,6 +85,7 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = 
         Config,
         ConfigError,
         check_config,
+        check_limit,
         load_config_file,
         parse_token,
         tokens_from_env,
@@ -99,6 +117,10 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = 
         config.synchronous = args.synchronous
     if getattr(args, "webhook_admin_token", None):
         config.webhooks.admin_token = args.webhook_admin_token
+    for key in ("max_connections", "max_connections_per_address", "request_timeout", "idle_timeout"):
+        value = getattr(args, key, None)
+        if value is not None:
+            setattr(config, key, check_limit("--" + key.replace("_", "-"), key, value))
     return check_config(config)
 
 

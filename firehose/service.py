@@ -21,11 +21,17 @@ from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.protocols.policies import WrappingFactory
 
 from firehose.hub import Hub
 from firehose.ingest import IngestStats, MasterTokens
 from firehose.journal import IJournal, MemoryJournal, Retention, SQLiteJournal
+from firehose.limits import (
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_PER_ADDRESS,
+    DEFAULT_REQUEST_TIMEOUT,
+    ConnectionLimits,
+    default_max_connections,
+)
 from firehose.schema import MASTER_NAME_PATTERN
 from firehose.state import BuildState
 from firehose.web import build_site
@@ -60,6 +66,14 @@ class Config:
     max_pending: int = 1000
     #: Webhooks: admin token of /api/webhooks, hooks from the config file (see docs/client.md).
     webhooks: WebhookConfig = field(default_factory=WebhookConfig)
+    #: Open connections in all; ``None``: 10,000 or 90% of the file descriptor limit if lower.
+    max_connections: int | None = None
+    #: Open connections per client address; 0: no limit (behind a proxy).
+    max_connections_per_address: int = DEFAULT_MAX_PER_ADDRESS
+    #: Seconds from a request's first byte until it must be received whole.
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT
+    #: Seconds a keep-alive connection may wait between requests.
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
 
 
 def parse_token(text: str) -> tuple[str, str]:
@@ -81,7 +95,9 @@ def tokens_from_env(environ: dict[str, str] | None = None) -> dict[str, str]:
 
 def load_config_file(path: str, config: Config) -> Config:
     """Overlay a TOML file on ``config``.  Keys: ``listen``, ``db``, ``max_body``, ``synchronous``,
-    ``[masters]`` (name = token), ``[retention]`` (``max_age_days``, ``max_events``)."""
+    ``[masters]`` (name = token), ``[retention]`` (``max_age_days``, ``max_events``),
+    ``[limits]`` (``max_connections``, ``max_connections_per_address``, ``request_timeout``,
+    ``idle_timeout``)."""
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
@@ -89,7 +105,7 @@ def load_config_file(path: str, config: Config) -> Config:
         raise ConfigError(f"cannot read config file {path!r}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path!r} is not valid TOML: {exc}") from None
-    known = {"listen", "db", "max_body", "synchronous", "masters", "retention", "webhooks"}
+    known = {"listen", "db", "max_body", "synchronous", "masters", "retention", "webhooks", "limits"}
     unknown = set(data) - known
     if unknown:
         raise ConfigError(f"config file {path!r}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
@@ -113,17 +129,57 @@ def load_config_file(path: str, config: Config) -> Config:
             apply_config_table(data["webhooks"], config.webhooks)
         except (WebhookError, TypeError, ValueError) as exc:
             raise ConfigError(f"config file {path!r}: {exc}") from None
+    if "limits" in data:
+        try:
+            _apply_limits(data["limits"], config)
+        except ConfigError as exc:
+            raise ConfigError(f"config file {path!r}: {exc}") from None
     return config
+
+
+#: ``[limits]`` keys (also ``Config`` fields): type, least value, whether the least is allowed.
+_LIMITS: dict[str, tuple[type, float, bool]] = {
+    "max_connections": (int, 1, True),
+    "max_connections_per_address": (int, 0, True),
+    "request_timeout": (float, 0, False),
+    "idle_timeout": (float, 0, False),
+}
+
+
+def _apply_limits(table: Any, config: Config) -> None:
+    if not isinstance(table, dict):
+        raise ConfigError("[limits] must be a table")
+    unknown = set(table) - set(_LIMITS)
+    if unknown:
+        raise ConfigError(f"[limits]: unknown keys {sorted(unknown)}; known: {sorted(_LIMITS)}")
+    for key, value in table.items():
+        setattr(config, key, check_limit(f"[limits] {key}", key, value))
+
+
+def check_limit(where: str, key: str, value: Any) -> Any:
+    """A connection limit's value, checked: an int (or, for a timeout, a number) of at least its
+    minimum; ``where`` names it in the error (the config key or the flag)."""
+    kind, least, inclusive = _LIMITS[key]
+    ok_type = isinstance(value, (int, float)) if kind is float else isinstance(value, int)
+    if isinstance(value, bool) or not ok_type:
+        raise ConfigError(f"{where} must be {'a number' if kind is float else 'an integer'}, not {value!r}")
+    if value < least or (value == least and not inclusive):
+        raise ConfigError(f"{where} must be {'at least' if inclusive else 'more than'} {least:g}")
+    return kind(value)
 
 
 def check_config(config: Config) -> Config:
     """Refuse what would only fail later: two masters sharing a token (the server could not tell
-    them apart, so one of them would be refused forever)."""
+    them apart, so one of them would be refused forever), a connection limit that is no limit."""
     owners: dict[str, str] = {}
     for master, token in sorted(config.tokens.items()):
         if token in owners:
             raise ConfigError(f"masters {owners[token]!r} and {master!r} have the same token: give each its own")
         owners[token] = master
+    for key in _LIMITS:
+        value = getattr(config, key)
+        if value is not None or key != "max_connections":
+            check_limit(key, key, value)
     return config
 
 
@@ -176,7 +232,15 @@ class FirehoseServer:
             journal_bytes=getattr(journal, "size_bytes", lambda: 0),
             state=self.state,
         )
-        self._connections = _TrackingFactory(self.site)
+        self.site.reactor = self.reactor  # the clock of the request deadline and idle timeout
+        self.site.request_timeout = config.request_timeout
+        self.site.timeOut = config.idle_timeout
+        self._connections = ConnectionLimits(
+            self.site,
+            config.max_connections or default_max_connections(),
+            config.max_connections_per_address,
+            self.reactor,
+        )
         try:
             self.webhooks = make_dispatcher(self.hub, config.webhooks, config.db, self.reactor)
             mount_webhooks(self.site.resource, self.webhooks, config.webhooks.admin_token)
@@ -234,29 +298,3 @@ class FirehoseServer:
         if self.journal is not None:
             yield self.journal.close()
             self.journal = None
-
-
-class _TrackingFactory(WrappingFactory):
-    """Knows every open connection, so ``stop`` can close long-lived streams too."""
-
-    noisy = False
-
-    def __init__(self, wrapped: Any) -> None:
-        super().__init__(wrapped)
-        self._waiting: list[defer.Deferred[None]] = []
-
-    def unregisterProtocol(self, p: Any) -> None:
-        super().unregisterProtocol(p)
-        if not self.protocols:
-            waiting, self._waiting = self._waiting, []
-            for d in waiting:
-                d.callback(None)
-
-    def close_all(self) -> defer.Deferred[None]:
-        if not self.protocols:
-            return defer.succeed(None)
-        d: defer.Deferred[None] = defer.Deferred()
-        self._waiting.append(d)
-        for p in list(self.protocols):
-            p.transport.abortConnection()
-        return d

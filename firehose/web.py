@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.resources
 import io
+import os
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
@@ -17,6 +18,7 @@ from firehose.api import ApiResource
 from firehose.hub import Hub
 from firehose.ingest import IngestResource, IngestStats, MasterTokens
 from firehose.journal import IJournal
+from firehose.limits import DEFAULT_IDLE_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, DeadlineChannel
 from firehose.metrics import FirehoseCollector, MetricsResource
 from firehose.schema import BATCH_SCHEMA, DELIVERED_SCHEMA
 from firehose.state import BuildState
@@ -39,7 +41,40 @@ class _JSONResource(Resource):
         return json_body(request, 200, self.make())
 
 
+class _StaticFiles(File):
+    """The dashboard's files: regular files whose real path is inside the folder, nothing else.
+
+    twisted.web's ``File`` follows a symlink wherever it points, lists a directory without an
+    index, and answers a name holding a NUL byte (``%00``) with a 500 (``os.stat`` raises
+    ``ValueError``): each of these is a 404 here.
+    """
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        if b"\x00" in path:
+            return self.childNotFound
+        child = super().getChild(path, request)
+        if isinstance(child, File) and not self._serves(child.path):
+            return self.childNotFound
+        return child
+
+    def _serves(self, path: str | bytes) -> bool:
+        folder = os.path.realpath(self.path)
+        real = os.path.realpath(path)
+        if isinstance(real, bytes):
+            real = os.fsdecode(real)
+        return os.path.isfile(real) and os.path.commonpath([folder, real]) == folder
+
+
+def static_resource(folder: str) -> File:
+    """The resource serving ``folder`` (the package's ``static/``; a copy in tests)."""
+    static = _StaticFiles(folder)
+    static.indexNames = ["index.html"]
+    return static
+
+
 class _Root(Resource):
+    """Named children first; any other first path segment is a file of the static folder."""
+
     def __init__(self, static: Resource) -> None:
         super().__init__()
         self.static = static
@@ -81,12 +116,32 @@ class LimitedRequest(Request):
 
 
 class FirehoseSite(Site):
+    """The site, with a deadline for each request to arrive whole (:class:`DeadlineChannel`).
+
+    :param request_timeout: seconds from a request's first byte until it must be received
+        (line, headers and body); past it the client gets a 408.  ``None``: no deadline.
+    :param idle_timeout: seconds a keep-alive connection may wait between requests (Twisted's
+        ``timeOut``; it never applies while a request is being answered).
+    :param reactor: the clock of both.
+    """
+
     requestFactory = LimitedRequest
+    # HTTP/1.1 only (h2 is no dependency): the plain channel, so every connection has the deadline.
+    protocol = DeadlineChannel  # type: ignore[assignment]
     noisy = False
 
-    def __init__(self, resource: Resource, max_body: int) -> None:
-        super().__init__(resource)
+    def __init__(
+        self,
+        resource: Resource,
+        max_body: int,
+        *,
+        request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
+        idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
+        reactor: IReactorTime | None = None,
+    ) -> None:
+        super().__init__(resource, timeout=idle_timeout, reactor=reactor)
         self.max_body = max_body
+        self.request_timeout = request_timeout
 
     def log(self, request: Any) -> None:
         """No access log: ingest and polls would drown what matters."""
@@ -106,8 +161,7 @@ def build_site(
 ) -> FirehoseSite:
     """Assemble every endpoint into one site."""
     ingest_stats = ingest_stats or IngestStats()
-    static = File(str(importlib.resources.files("firehose") / "static"))
-    static.indexNames = ["index.html"]
+    static = static_resource(str(importlib.resources.files("firehose") / "static"))
     root = _Root(static)
     root.putChild(b"ingest", IngestResource(journal, tokens, max_body, ingest_stats))
     root.putChild(b"ws", websocket_resource(hub))

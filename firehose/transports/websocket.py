@@ -5,6 +5,12 @@ The client sends commands: ``{"cmd": "subscribe", "filter": {...}, "since": "<cu
 subscription on the same socket.  Control messages carry a ``type`` without a dot
 (``subscribed``, ``unsubscribed``, ``gap``, ``pong``, ``error``); event types always have one.
 
+What one client may cost is bounded: commands are rate-limited (past ``command_burst`` at
+once or ``commands_per_second`` on average the socket is closed with code 1008), the client's
+commands are not read while the socket's send buffer is full (a client that does not read its
+answers cannot make the server write more), and at most one journal read of a replay is in
+flight per socket however many times the client resubscribes.
+
 Fan-out cost is kept per event, not per delivery: each event is framed once (a prepared message
 cached on the event) and a batch of events goes to a socket in one write.  Compression is
 refused, because permessage-deflate would compress per connection and defeat the prepared frame.
@@ -24,16 +30,79 @@ from firehose.cursor import CursorError
 from firehose.event import Event, dumps, loads
 from firehose.filters import FilterError, parse_json
 from firehose.hub import Hub, Subscription
+from firehose.limits import TokenBucket
 from firehose.transports import SubscriptionProducer, plain_tcp, write_now
 
 CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY_VIOLATION = 1008
+#: Longest piece of a client's own input quoted back in an error message.
+_QUOTE = 60
+
+
+class _SocketProducer(SubscriptionProducer):
+    """The socket's producer: pauses the subscription, and stops reading the client's
+    commands, while the socket's send buffer is full.
+
+    Answers to commands (``pong``, ``error``, ``subscribed``) are writes too; without this a
+    client sending pings and reading nothing grows the buffer without bound.  With it, its
+    commands wait in its own socket until it reads.
+    """
+
+    def __init__(self, transport: Any) -> None:
+        super().__init__()
+        self.transport = transport
+
+    def pauseProducing(self) -> None:
+        super().pauseProducing()
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        # Reading first: the subscription may fill the buffer again, and then pauses us again.
+        self.transport.resumeProducing()
+        super().resumeProducing()
+
+
+class _Feed:
+    """The sink of one subscription of a socket.
+
+    While it is the socket's current subscription it hands everything to the socket.  Once
+    replaced (by ``subscribe`` or ``unsubscribe``) it delivers nothing, and if its replay had a
+    journal read in flight, it tells the socket when that read ends: the next subscription
+    reads only then, so a flood of ``subscribe`` holds one read per socket, not one per command.
+    """
+
+    def __init__(self, ws: FirehoseWebSocket) -> None:
+        self.ws = ws
+        self.current = True
+        self.subscription: Subscription | None = None
+
+    def send(self, events: list[Event]) -> None:
+        if self.current:
+            self.ws._send_events(events)
+
+    def gap(self, gap: dict[str, Any], final: bool) -> None:
+        if self.current:
+            self.ws._gap(self, gap, final)
+        elif final:
+            self.ws._read_ended(self)
+
+    def replayed(self, caught_up: bool) -> None:
+        if not self.current:
+            self.ws._read_ended(self)
 
 
 class FirehoseWebSocket(WebSocketServerProtocol):
     factory: FirehoseWebSocketFactory
 
+    #: The current subscription (delivering, or waiting for ``_draining``'s read to end).
     subscription: Subscription | None = None
+    _feed: _Feed | None = None
+    #: A replaced subscription whose replay read is still in flight.
+    _draining: _Feed | None = None
+    #: The current subscription, made while a read was draining: started when it ends.
+    _deferred_start: Subscription | None = None
     _producer: SubscriptionProducer | None = None
+    _bucket: TokenBucket | None = None
     _tcp: Any = None
 
     def onConnect(self, request: ConnectionRequest) -> None:
@@ -49,11 +118,33 @@ class FirehoseWebSocket(WebSocketServerProtocol):
         # so the subscription hears when the socket's buffer fills.
         self._tcp = plain_tcp(transport)
         transport.unregisterProducer()
-        self._producer = SubscriptionProducer()
+        self._producer = _SocketProducer(transport)
         transport.registerProducer(self._producer, True)
-        self.factory.connections += 1
+        factory = self.factory
+        self._bucket = TokenBucket(factory.commands_per_second, factory.command_burst, factory.reactor)
+        factory.connections += 1
+
+    def _allowed(self) -> bool:
+        """Spend a token for a command (or a ping frame); past the limit, close with 1008."""
+        if self.state != WebSocketServerProtocol.STATE_OPEN:
+            return False
+        if self._bucket is None or self._bucket.take():
+            return True
+        factory = self.factory
+        reason = (f"too many commands: at most {factory.command_burst} at once"
+                  f" and {factory.commands_per_second:g} per second")
+        self._end_all()
+        self.sendCloseFrame(code=CLOSE_POLICY_VIOLATION, reasonUtf8=reason.encode(), isReply=False)
+        return False
+
+    def onPing(self, payload: bytes) -> None:
+        # A ping frame is answered with a pong frame: a command like any other.
+        if self._allowed():
+            super().onPing(payload)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if not self._allowed():
+            return
         try:
             msg = loads(payload)
         except (ValueError, UnicodeDecodeError):
@@ -69,7 +160,7 @@ class FirehoseWebSocket(WebSocketServerProtocol):
         elif cmd == "ping":
             self._control({"type": "pong", "cursor": self.factory.hub.head_cursor})
         else:
-            self._error("bad_command", f"unknown cmd {cmd!r}: use subscribe, unsubscribe or ping")
+            self._error("bad_command", f"unknown cmd {repr(cmd)[:_QUOTE]}: use subscribe, unsubscribe or ping")
 
     def _subscribe(self, msg: dict[str, Any]) -> None:
         since = msg.get("since")
@@ -79,27 +170,67 @@ class FirehoseWebSocket(WebSocketServerProtocol):
             flt = parse_json(msg.get("filter"))
         except FilterError as exc:
             return self._error("bad_filter", str(exc))
+        feed = _Feed(self)
         try:
-            sub = self.factory.hub.subscribe(self, flt, since, "websocket")
+            sub = self.factory.hub.subscribe(feed, flt, since, "websocket")
         except CursorError as exc:
             return self._error("bad_cursor", str(exc))  # the current subscription goes on
         self._end_subscription()
-        self.subscription = sub
+        feed.subscription = sub
+        self.subscription, self._feed = sub, feed
+        waits = self._draining is not None
         if self._producer is not None:
-            self._producer.attach(sub)
+            self._producer.attach(None if waits else sub)
         self._control(
             {"type": "subscribed", "filter": flt.as_dict(), "cursor": self.factory.hub.head_cursor}
         )
-        sub.start()
+        if waits:
+            self._deferred_start = sub  # its position is fixed: it misses nothing by waiting
+        else:
+            sub.start()
 
     def _end_subscription(self) -> None:
-        if self.subscription is not None:
-            self.subscription.close()
-            self.subscription = None
+        """Stop delivering the current subscription.  One whose replay read is in flight stays
+        open, delivering nothing, until that read ends (see :class:`_Feed`)."""
+        sub, feed = self.subscription, self._feed
+        self.subscription = self._feed = None
+        if self._producer is not None:
+            self._producer.attach(None)
+        if sub is None or feed is None:
+            return
+        feed.current = False
+        if sub is self._deferred_start:
+            self._deferred_start = None
+        if sub.reading and not sub.closed:
+            assert self._draining is None  # a subscription starts only once none drains
+            self._draining = feed
+            sub.resume()  # unpaused, it reports the end of its read; reading, it starts none
+        else:
+            sub.close()
 
-    # Sink, for the hub.
+    def _read_ended(self, feed: _Feed) -> None:
+        """A replaced subscription's read ended: close it, start the one that waited."""
+        if feed is not self._draining:
+            return
+        self._draining = None
+        if feed.subscription is not None:
+            feed.subscription.close()
+        sub, self._deferred_start = self._deferred_start, None
+        if sub is not None and not sub.closed:
+            if self._producer is not None:
+                self._producer.attach(sub)
+            sub.start()
 
-    def send(self, events: list[Event]) -> None:
+    def _end_all(self) -> None:
+        """The socket is closing: end every subscription it holds, reading or not."""
+        self._end_subscription()
+        draining, self._draining = self._draining, None
+        if draining is not None and draining.subscription is not None:
+            draining.subscription.close()
+
+    # What the current subscription's feed hands over.
+
+    def _send_events(self, events: list[Event]) -> None:
         if self.state != WebSocketServerProtocol.STATE_OPEN:
             return
         prepare = self.factory.prepareMessage
@@ -118,13 +249,11 @@ class FirehoseWebSocket(WebSocketServerProtocol):
         else:
             self.transport.write(data)  # type: ignore[union-attr]
 
-    def replayed(self, caught_up: bool) -> None:
-        """Nothing to do as the replay progresses."""
-
-    def gap(self, gap: dict[str, Any], final: bool) -> None:
+    def _gap(self, feed: _Feed, gap: dict[str, Any], final: bool) -> None:
         self._control(gap)
-        if final:
-            self.subscription = None
+        if final:  # the hub has ended it
+            feed.current = False
+            self.subscription = self._feed = None
 
     def _control(self, msg: dict[str, Any]) -> None:
         if self.state == WebSocketServerProtocol.STATE_OPEN:
@@ -134,22 +263,39 @@ class FirehoseWebSocket(WebSocketServerProtocol):
         self._control({"type": "error", "error": error, "message": message})
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        self._end_subscription()
+        self._end_all()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._end_all()
         if self._producer is not None:
             self.factory.connections -= 1
             self._producer = None
-        self._end_subscription()
         super().connectionLost(reason)
 
 
 class FirehoseWebSocketFactory(WebSocketServerFactory):
+    """Sockets of one hub.
+
+    :param commands_per_second: commands (and ping frames) a client may send per second on
+        average; ``command_burst``: at once.  Past either the socket is closed with 1008.
+    :param reactor: the clock of those limits and of autobahn's timers.
+    """
+
     protocol = FirehoseWebSocket  # type: ignore[assignment]
 
-    def __init__(self, hub: Hub, max_message: int = 64 * 1024, ping_interval: float = 30.0):
-        super().__init__()
+    def __init__(
+        self,
+        hub: Hub,
+        max_message: int = 64 * 1024,
+        ping_interval: float = 30.0,
+        commands_per_second: float = 10.0,
+        command_burst: int = 50,
+        reactor: Any = None,
+    ):
+        super().__init__(reactor=reactor)
         self.hub = hub
+        self.commands_per_second = commands_per_second
+        self.command_burst = command_burst
         self.connections = 0
         self.setProtocolOptions(
             maxFramePayloadSize=max_message,
