@@ -70,6 +70,20 @@ def fill(path: Path, leave: int) -> int:
     return written
 
 
+def free_space(mnt: Path, filler: Path) -> str:
+    """Give space back: delete the filler; if the journal itself has taken most of the file
+    system by now (a long run), also grow the tmpfs by 2 MiB (``mount -o remount,size=``)."""
+    filler.unlink()
+    st = os.statvfs(mnt)
+    if st.f_bavail * st.f_frsize >= 2 * MARGIN:
+        return "deleted the filler"
+    size = st.f_blocks * st.f_frsize + 2 * 1024 * 1024
+    done = subprocess.run(["mount", "-o", f"remount,size={size}", str(mnt)], capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 0, done.stderr
+    return f"deleted the filler and grew the tmpfs to {size // 1024} KiB"
+
+
 def health(server: FixedPortServer) -> dict[str, Any]:
     return server.health_any()[1]
 
@@ -91,19 +105,21 @@ class Batches:
 
 def test_disk_full_refuses_cleanly_then_recovers(tiny_fs: Path, tmp_path: Path) -> None:
     """With the journal on a 2 MiB tmpfs mostly taken by a filler file, batches are
-    acknowledged until the disk is full; then ingest answers 503 saying "disk full" with a
+    acknowledged until the disk is full (a long run grows the tmpfs when the journal
+    itself has taken most of it); then ingest answers 503 saying "disk full" with a
     Retry-After header, ``/health`` reports the journal degraded, the refused batch is refused
     again while the disk stays full, and none of its events is stored.  Once the filler is
-    deleted the same batch, retried, is accepted whole (no duplicates: nothing of it was
+    deleted (and, if needed, the tmpfs grown) the same batch, retried, is accepted whole (no duplicates: nothing of it was
     half-stored), ``/health`` is ok again.  Several fill/free cycles; at the end every
     acknowledged event is in the journal exactly once and nothing else is, the database passes
     SQLite's integrity check, and a restarted server serves the same stream."""
-    cycles = count("disk_cycles", 2)
+    cycles = count("disk_cycles", 3)
     server = FixedPortServer(tiny_fs / "journal.sqlite", tmp_path / "server.log", dict(TOKENS),
                              ("--synchronous", "FULL"))
     batches = Batches()
     acked: list[Key] = []
     refusals: list[Answer] = []
+    frees: list[str] = []
     health_when_full: list[dict[str, Any]] = []
 
     def send(master: str, batch: list[dict[str, Any]]) -> Answer:
@@ -143,7 +159,8 @@ def test_disk_full_refuses_cleanly_then_recovers(tiny_fs: Path, tmp_path: Path) 
             stored = set(keys_of(read_journal(server.url)))
             assert not stored & set(keys_of(refused[1])), "a refused batch was (partly) stored"
 
-            filler.unlink()
+            freed = free_space(tiny_fs, filler)
+            frees.append(freed)
             retried: list[Answer] = []
 
             def accepted(refused: tuple[str, list[dict[str, Any]]] = refused, retried: list[Answer] = retried) -> bool:
@@ -165,7 +182,8 @@ def test_disk_full_refuses_cleanly_then_recovers(tiny_fs: Path, tmp_path: Path) 
         result = tally(acked, events)
         print(f"\ndisk full: cycles={cycles} refusals={len(refusals)} {result.figures()} "
               f"first refusal={refusals[0].status} {refusals[0].body[:200]!r} "
-              f"retry-after={refusals[0].headers.get('retry-after')} health when full={health_when_full[0].get('status')}")
+              f"retry-after={refusals[0].headers.get('retry-after')} health when full={health_when_full[0].get('status')} "
+              f"freed by: {sorted(set(frees))}")
         assert result.lost == [] and result.doubled == [] and result.unacknowledged_stored == [], result.figures()
         assert result.out_of_order == [], result.out_of_order
 

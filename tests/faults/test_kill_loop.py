@@ -25,7 +25,7 @@ def test_sigkill_under_retrying_publishers_loses_and_doubles_nothing(tmp_path: P
     journal is read back: every acknowledged (master, incarnation, seq) is there exactly once,
     nothing is stored that was not acknowledged, no event is doubled, and each master's
     events are in the order they were acknowledged."""
-    kills = count("kills", 8)
+    kills = count("kills", 12)
     n_publishers = count("publishers", 6)
     run_seed = seed()
     rng = random.Random(run_seed)
