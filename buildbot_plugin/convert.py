@@ -93,12 +93,19 @@ def epoch(value: Any) -> float | int | None:
     return None
 
 
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
 def plain(value: Any) -> Any:
     """Make a value JSON-safe: datetimes to epoch, tuples to lists, dataclasses to dicts.
 
     Buildbot's own ``toJson`` silently maps unknown types to ``None``; this keeps them as
-    strings instead, so nothing vanishes without a trace.
+    strings instead, so nothing vanishes without a trace.  An integer outside 64 bits (a
+    property may hold one) becomes a string too: JSON encoders and the server refuse it, and
+    the whole event would be lost with it.
     """
+    if isinstance(value, int) and not isinstance(value, bool) and not _INT64_MIN <= value <= _INT64_MAX:
+        return str(value)
     if value is None or isinstance(value, bool | int | float | str):
         return value
     if isinstance(value, datetime.datetime):

@@ -57,6 +57,16 @@ def test_plain_makes_payloads_json_safe() -> None:
     assert isinstance(out["o"], str)
 
 
+def test_plain_keeps_integers_past_64_bits_as_strings() -> None:
+    """A property holding an integer past 64 bits is sent as its digits, not dropped with its
+    event (JSON encoders and the server refuse such an integer)."""
+    from firehose.event import dumps
+
+    out = convert.plain({"big": 2**64, "neg": -(2**63) - 1, "edge": 2**63 - 1, "flag": True})
+    assert out == {"big": str(2**64), "neg": str(-(2**63) - 1), "edge": 2**63 - 1, "flag": True}
+    dumps(out)
+
+
 def test_result_fields() -> None:
     """Codes map to names; unfinished (None or -1) maps to None."""
     assert convert.result_fields(0) == {"results": 0, "result": "success"}
