@@ -291,7 +291,7 @@ def prop_value(raw: Any) -> Any:
 
 def sourcestamp(ss: Any) -> dict[str, Any]:
     """The filterable identity of a source stamp."""
-    out = {}
+    out: dict[str, Any] = {}
     for field in ("repository", "branch", "revision", "project", "codebase"):
         v = get(ss, field)
         out[field] = v if isinstance(v, str) else None

@@ -68,13 +68,14 @@ class HttpSender:
     def __call__(self, body: bytes) -> defer.Deferred[tuple[int, bytes]]:
         import treq
 
+        headers: dict[bytes | str, bytes | str] = {
+            b"Authorization": f"Bearer {self.token}".encode(),
+            b"Content-Type": b"application/json",
+        }
         d = self.client.post(
             self.url,
             data=body,
-            headers={
-                b"Authorization": f"Bearer {self.token}".encode(),
-                b"Content-Type": b"application/json",
-            },
+            headers=headers,
             timeout=self.timeout,
             reactor=self.reactor,
         )
@@ -129,6 +130,13 @@ class FirehoseReporter(service.BuildbotService):
         "queue_max_events": 100000,
         "buildbot_url": None,
     }
+
+    # Made by startService; reconfigService may run before (checks with getattr).
+    tracker: Tracker
+    sender: HttpSender
+    outbox: Outbox
+    #: The wrapper installed on ``master.mq.produce`` (it carries the original).
+    _hook: Any = None
 
     def __init__(self, url: str, token: Any, master_name: str | None = None, **kwargs: Any) -> None:
         self.reactor: Any = kwargs.pop("reactor", None)
@@ -248,7 +256,7 @@ class FirehoseReporter(service.BuildbotService):
         self.seq = 0
         self._raw: collections.deque[tuple[tuple[str, ...], Any, float]] = collections.deque()
         self._overflow = 0
-        self._draining: defer.Deferred[None] | None = None
+        self._draining: defer.Deferred[Any] | None = None
         self._accepting = True
         self._threadpool = ThreadPool(minthreads=0, maxthreads=1, name="firehose-spool")
         self._threadpool.start()
@@ -361,7 +369,7 @@ class FirehoseReporter(service.BuildbotService):
         if getattr(self, "_hook", None) is None:
             return
         if mq.produce is self._hook:
-            mq.produce = self._hook.firehose_original  # type: ignore[attr-defined]
+            mq.produce = self._hook.firehose_original
         else:  # someone wrapped us; leave their wrapper and go quiet
             self._accepting = False
         self._hook = None
@@ -398,8 +406,14 @@ class FirehoseReporter(service.BuildbotService):
                 return
             if self._draining is None:
                 self._kick()
-            d = defer.Deferred()
-            self._draining.addBoth(lambda r, d=d: (d.callback(None), r)[1])  # type: ignore[union-attr]
+            d: defer.Deferred[None] = defer.Deferred()
+
+            def release(result: Any, d: defer.Deferred[None] = d) -> Any:
+                d.callback(None)
+                return result
+
+            assert self._draining is not None
+            self._draining.addBoth(release)
             yield d
 
     # -- conversion (off the master's path) ----------------------------------------------------

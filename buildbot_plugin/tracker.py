@@ -29,7 +29,7 @@ Fetch = Callable[..., "defer.Deferred[Any]"]
 Out = list[tuple[str, dict[str, Any]]]
 
 
-class _LRU(collections.OrderedDict):  # type: ignore[type-arg]
+class _LRU(collections.OrderedDict):
     """A bounded mapping that forgets the least recently inserted entries."""
 
     def __init__(self, size: int) -> None:

@@ -1,4 +1,4 @@
-"""The code stays clean: ruff over everything, mypy over the server package."""
+"""The code stays clean: ruff over everything, mypy over the server and the plugin."""
 
 from __future__ import annotations
 
@@ -21,6 +21,6 @@ def test_ruff_finds_nothing() -> None:
 
 
 def test_mypy_finds_nothing() -> None:
-    """mypy (with the zope plugin) type-checks firehose/ without errors."""
+    """mypy (with the zope plugin) type-checks firehose/ and buildbot_plugin/ without errors."""
     result = run("mypy")
     assert result.returncode == 0, result.stdout + result.stderr

@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         while not stopping:
             for p in children:
                 if p.poll() is not None:
-                    print(f"demo: a child exited ({p.args[-1]} in {p.args}), rc={p.returncode}; stopping",
+                    print(f"demo: a child exited ({p.args!r}), rc={p.returncode}; stopping",
                           file=sys.stderr)
                     return 1
             time.sleep(0.2)

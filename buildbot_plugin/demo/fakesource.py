@@ -29,10 +29,10 @@ class FakeCommits(ReconfigurablePollingChangeSource):
     def __init__(self, name: str = "fake-commits", pollInterval: int = 15) -> None:
         super().__init__(name=name, pollInterval=pollInterval)
 
-    def checkConfig(self, name: str = "fake-commits", pollInterval: int = 15, **kw: Any) -> None:  # type: ignore[override]
+    def checkConfig(self, name: str = "fake-commits", pollInterval: int = 15, **kw: Any) -> None:
         super().checkConfig(name=name, pollInterval=pollInterval, pollAtLaunch=True)
 
-    def reconfigService(self, name: str = "fake-commits", pollInterval: int = 15, **kw: Any) -> Any:  # type: ignore[override]
+    def reconfigService(self, name: str = "fake-commits", pollInterval: int = 15, **kw: Any) -> Any:
         return super().reconfigService(name=name, pollInterval=pollInterval, pollAtLaunch=True)
 
     @defer.inlineCallbacks
