@@ -25,21 +25,29 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
 import os
+import re
 import secrets
 import tempfile
 import time as _time
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from twisted.internet import defer
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet import defer, error
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IDelayedCall, IResolutionReceiver, IStreamClientEndpoint
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer
 from twisted.web.resource import Resource
 from twisted.web.server import Request
+from zope.interface import implementer
 
 from firehose import __version__
 from firehose._http import bearer_token, error_body, json_body
@@ -118,13 +126,196 @@ class Hook:
         return out
 
 
-def check_url(url: Any) -> str:
+# ---------------------------------------------------------------------------------------------
+# Receiver addresses: one parser, and which addresses may be reached
+# ---------------------------------------------------------------------------------------------
+#
+# A webhook makes the server open connections where a caller says, so by default it refuses
+# every address that is not on the public Internet: loopback, private, link-local (cloud
+# metadata at 169.254.169.254), unspecified, multicast, reserved, and IPv6 forms that embed
+# such an IPv4 address.  ``allow_networks`` lets an operator open chosen networks.  URLs are
+# read by one parser (:func:`parse_url`); an IP literal in any spelling a resolver accepts
+# (``2130706433``, ``0x7f.1``, ``0177.0.0.1``, ``127.0.0.1.``, ``[::ffff:7f00:1]``) is
+# normalised with :mod:`ipaddress` and checked at registration.  A host name is checked when
+# delivering: it is resolved, every address is checked, and the connection goes to a checked
+# address (so a name that resolves differently the next time cannot bypass the check).
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: Bytes of a receiver's answer read (and dropped) before the connection is closed: its
+#: status is all we need, and a receiver streaming a body must not cost memory.
+ANSWER_LIMIT = 8192
+
+_HOSTNAME = re.compile(r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*")
+_NUMBER = re.compile(r"0x[0-9a-f]*|[0-9]+")
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+class AddressNotAllowed(WebhookError):
+    """A receiver address in a range refused by default and not in ``allow_networks``."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """A webhook URL as :func:`parse_url` read it: what is checked is what is connected to."""
+
+    scheme: str
+    #: An IP address in canonical form, or a lower-case ASCII host name (no trailing dot).
+    host: str
+    port: int
+    #: ``path?query`` (never empty, never a fragment).
+    path: str
+    #: The host when it is an IP literal.
+    address: IPAddress | None
+
+    @property
+    def netloc(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    def uri(self) -> bytes:
+        """The URL the HTTP client is given, with the host in canonical form."""
+        host = self.host.replace("%", "%25")  # an IPv6 zone, as RFC 6874 writes it
+        host = f"[{host}]" if ":" in host else host
+        return f"{self.scheme}://{host}:{self.port}{self.path}".encode("ascii")
+
+
+def parse_url(url: Any) -> Target:
+    """Read a webhook URL; raise :class:`WebhookError` naming what is wrong with it.
+
+    Refused: other schemes, a user name or password (``http://good@evil/`` reads differently
+    to different parsers), spaces, backslashes and control characters, a numeric host that
+    is no valid IPv4 address, and host names that are not plain DNS names.
+    """
     if not isinstance(url, str) or not url:
         raise WebhookError("'url' must be an http:// or https:// URL")
-    parts = urllib.parse.urlsplit(url)
+    shown = repr(url[:100])
+    if len(url) > 2048:
+        raise WebhookError("'url' is longer than 2048 characters")
+    if any(c in url for c in " \\") or any(ord(c) < 0x20 or ord(c) == 0x7F for c in url):
+        raise WebhookError(f"'url' may not contain spaces, backslashes or control characters: {shown}")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise WebhookError(f"'url' is not a valid URL ({exc}): {shown}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise WebhookError(f"'url' must be an http:// or https:// URL, not {url[:100]!r}")
-    return url
+        raise WebhookError(f"'url' must be an http:// or https:// URL, not {shown}")
+    if "@" in parts.netloc:
+        raise WebhookError(f"'url' may not hold a user name or password (user@host): {shown}")
+    address: IPAddress | None
+    if parts.netloc.startswith("["):
+        try:
+            address = ipaddress.IPv6Address(urllib.parse.unquote(parts.hostname))
+        except ValueError:
+            raise WebhookError(f"'url' has an invalid IPv6 address: {shown}") from None
+        host = str(address)
+    else:
+        host = parts.hostname[:-1] if parts.hostname.endswith(".") else parts.hostname
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise WebhookError(f"'url' has an invalid host name: {shown}") from None
+        if not _HOSTNAME.fullmatch(host):
+            raise WebhookError(f"'url' has an invalid host name: {shown}")
+        address = _numeric_ipv4(host, shown)
+        if address is not None:
+            host = str(address)
+    if port == 0:
+        raise WebhookError(f"'url' has port 0: {shown}")
+    path = urllib.parse.quote(parts.path or "/", safe="/!$&'()*+,;=:@%~")
+    if parts.query:
+        path += "?" + urllib.parse.quote(parts.query, safe="/?!$&'()*+,;=:@%~")
+    return Target(parts.scheme, host, port or (443 if parts.scheme == "https" else 80), path, address)
+
+
+def _numeric_ipv4(host: str, shown: str) -> ipaddress.IPv4Address | None:
+    """The IPv4 address a resolver reads in ``host`` (inet_aton: 1 to 4 parts, each decimal,
+    0-octal or 0x-hex, the last filling the remaining bytes), or None for a host name."""
+    labels = host.split(".")
+    if not all(_NUMBER.fullmatch(label) for label in labels):
+        return None
+    values = []
+    for label in labels:
+        if label.startswith("0x"):
+            values.append(int(label[2:] or "0", 16))
+        elif len(label) > 1 and label.startswith("0"):
+            if not set(label) <= set("01234567"):
+                raise WebhookError(f"'url' has a numeric host that is no IPv4 address: {shown}")
+            values.append(int(label, 8))
+        else:
+            values.append(int(label))
+    *head, last = values
+    if len(values) > 4 or any(v > 255 for v in head) or last >= 256 ** (4 - len(head)):
+        raise WebhookError(f"'url' has a numeric host that is no IPv4 address: {shown}")
+    number = 0
+    for v in head:
+        number = number * 256 + v
+    return ipaddress.IPv4Address((number << 8 * (4 - len(head))) | last)
+
+
+def parse_networks(values: Any) -> list[IPNetwork]:
+    """``allow_networks``: CIDR strings (``127.0.0.0/8``, ``fd00::/8``; an address alone is
+    a single host); raise :class:`WebhookError` naming a bad one."""
+    if isinstance(values, str) or not isinstance(values, (list, tuple)):
+        raise WebhookError('allow_networks must be a list of networks, like ["127.0.0.0/8"]')
+    out: list[IPNetwork] = []
+    for value in values:
+        try:
+            out.append(ipaddress.ip_network(str(value), strict=False))
+        except ValueError:
+            raise WebhookError(f"allow_networks: {value!r} is not a network (CIDR, like 10.0.0.0/8)") from None
+    return out
+
+
+def _embedded_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address reaches: IPv4-mapped, NAT64 (64:ff9b::/96), 6to4."""
+    if isinstance(address, ipaddress.IPv4Address):
+        return None
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address in _NAT64:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return address.sixtofour
+
+
+def refused_kind(address: IPAddress) -> str | None:
+    """Why ``address`` is refused by default (``loopback``, ``private``...), None if it is a
+    public address.  An IPv6 address embedding an IPv4 one is judged by that one."""
+    v4 = _embedded_ipv4(address)
+    if v4 is not None:
+        return refused_kind(v4)
+    for kind, flag in (("unspecified", "is_unspecified"), ("loopback", "is_loopback"),
+                       ("link-local", "is_link_local"), ("multicast", "is_multicast"),
+                       ("private", "is_private"), ("reserved", "is_reserved"),
+                       ("site-local", "is_site_local")):
+        if getattr(address, flag, False):
+            return kind
+    return None if address.is_global else "not globally routable"
+
+
+def check_address(address: IPAddress, allow: Sequence[IPNetwork] = ()) -> None:
+    """Raise :class:`AddressNotAllowed` unless ``address`` is public or in ``allow``."""
+    v4 = _embedded_ipv4(address)
+    if any(a in net for a in (address, v4) if a is not None for net in allow if net.version == a.version):
+        return
+    kind = refused_kind(address)
+    if kind is not None:
+        shown = f"{address} ({v4})" if v4 is not None else str(address)
+        raise AddressNotAllowed(
+            f"address {shown} is not allowed ({kind}): add its network to [webhooks] allow_networks "
+            "(or --webhook-allow-network) to deliver there"
+        )
+
+
+def check_url(url: Any, allow: Sequence[IPNetwork] = ()) -> str:
+    """Parse ``url`` and check its host if it is an IP address (a name is checked at each
+    delivery, once resolved); return it unchanged."""
+    target = parse_url(url)
+    if target.address is not None:
+        check_address(target.address, allow)
+    return str(url)
 
 
 def check_filter(flt: Any) -> dict[str, list[str]]:
@@ -143,6 +334,9 @@ class WebhookConfig:
     :param state_path: the JSON state file; default ``<db>.webhooks.json`` (nothing is kept
         with a ``:memory:`` journal).
     :param max_failures: consecutive failed deliveries before a hook is disabled.
+    :param timeout: seconds a delivery may take in all: resolving, connecting, the answer.
+    :param allow_networks: CIDR networks receivers may be in although they are refused by
+        default (loopback, private, link-local...), e.g. ``["127.0.0.0/8"]``.
     """
 
     admin_token: str | None = None
@@ -153,10 +347,11 @@ class WebhookConfig:
     retry_max: float = 300.0
     timeout: float = 10.0
     batch_size: int = 100
+    allow_networks: list[str] = field(default_factory=list)
 
 
 _CONFIG_KEYS = {"admin_token", "hooks", "state_path", "max_failures", "retry_initial", "retry_max",
-                "timeout", "batch_size"}
+                "timeout", "batch_size", "allow_networks"}
 
 
 def apply_config_table(table: Mapping[str, Any], config: WebhookConfig) -> WebhookConfig:
@@ -166,6 +361,7 @@ def apply_config_table(table: Mapping[str, Any], config: WebhookConfig) -> Webho
     [webhooks]
     admin_token = "..."
     max_failures = 10
+    allow_networks = ["10.1.0.0/16"]   # receivers inside; refused by default
     [webhooks.hooks.try-results]
     url = "https://ci-bot.example/firehose"
     secret = "..."
@@ -184,6 +380,9 @@ def apply_config_table(table: Mapping[str, Any], config: WebhookConfig) -> Webho
     for key in ("retry_initial", "retry_max", "timeout"):
         if key in table:
             setattr(config, key, float(table[key]))
+    if "allow_networks" in table:
+        parse_networks(table["allow_networks"])
+        config.allow_networks += [str(n) for n in table["allow_networks"]]
     for name, spec in (table.get("hooks") or {}).items():
         if not isinstance(spec, Mapping):
             raise WebhookError(f"[webhooks.hooks.{name}] must be a table with url, secret, filter")
@@ -193,7 +392,8 @@ def apply_config_table(table: Mapping[str, Any], config: WebhookConfig) -> Webho
         if not spec.get("secret"):
             raise WebhookError(f"[webhooks.hooks.{name}] needs a 'secret'")
         try:
-            check_url(spec.get("url"))
+            # Its address is checked when the dispatcher loads, once flags have added networks.
+            parse_url(spec.get("url"))
             check_filter(spec.get("filter"))
         except WebhookError as exc:
             raise WebhookError(f"[webhooks.hooks.{name}]: {exc}") from None
@@ -443,13 +643,17 @@ class _Delivery:
         elif code == 410:
             self.dispatcher._disable(self.hook, "the receiver answered 410 Gone")
         else:
-            self._retry(f"HTTP {code}")
+            self._retry(f"receiver answered HTTP {code}")
 
     def _failed(self, failure: Any, batch: list[Event], gaps: list[dict[str, Any]]) -> None:
         if self.stopped:
             return
         self.inflight = None
-        self._retry(failure.getErrorMessage() or failure.type.__name__)
+        if failure.check(DeliveryError):
+            self._retry(str(failure.value))
+        else:
+            self.log.failure("webhook {id}: delivery failed", failure, id=self.hook.id)
+            self._retry(f"delivery failed: {failure.type.__name__}")
 
     def _delivered(self, batch: list[Event], gaps: list[dict[str, Any]]) -> None:
         hook = self.hook
@@ -491,12 +695,185 @@ class _Delivery:
         self._kick()
 
 
+# ---------------------------------------------------------------------------------------------
+# HTTP: connections only to checked addresses, answers read to a bound, sentences for failures
+# ---------------------------------------------------------------------------------------------
+
+Resolve = Callable[[str, int], "defer.Deferred[list[IPAddress]]"]
+
+
+def resolver(reactor: Any) -> Resolve:
+    """Resolve a host name with the reactor's resolver (``getaddrinfo`` in a thread)."""
+
+    def resolve(host: str, port: int) -> defer.Deferred[list[IPAddress]]:
+        found: list[IPAddress] = []
+        done: defer.Deferred[list[IPAddress]] = defer.Deferred()
+
+        @implementer(IResolutionReceiver)
+        class Receiver:
+            def resolutionBegan(self, resolution: Any) -> None:
+                """Nothing to keep."""
+
+            def addressResolved(self, address: Any) -> None:
+                found.append(ipaddress.ip_address(address.host))
+
+            def resolutionComplete(self) -> None:
+                done.callback(found)
+
+        reactor.nameResolver.resolveHostName(Receiver(), host, port)
+        return done
+
+    return resolve
+
+
+@implementer(IStreamClientEndpoint)
+class _CheckedEndpoint:
+    """Connects to ``host`` only at an address :func:`check_address` accepts: an IP literal as
+    it is, a name resolved here, every address checked, then a checked one connected to (in
+    order, the next after a failure), never resolved again by someone else."""
+
+    def __init__(self, factory: CheckedEndpointFactory, host: str, port: int) -> None:
+        self.endpoints, self.host, self.port = factory, host, port
+
+    def connect(self, protocol_factory: Any) -> defer.Deferred[Any]:
+        try:
+            literal: IPAddress | None = ipaddress.ip_address(self.host)
+        except ValueError:
+            literal = None
+        if literal is not None:
+            found: defer.Deferred[list[IPAddress]] = defer.succeed([literal])
+        else:
+            found = self.endpoints.resolve(self.host, self.port)
+
+        def checked(addresses: list[IPAddress]) -> defer.Deferred[Any]:
+            if not addresses:
+                raise error.DNSLookupError(self.host)
+            for address in addresses:
+                check_address(address, self.endpoints.allow)
+            return self._connect(list(addresses), protocol_factory)
+
+        return found.addCallback(checked)
+
+    def _connect(self, addresses: list[IPAddress], protocol_factory: Any) -> defer.Deferred[Any]:
+        address = addresses.pop(0)
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        kind = TCP6ClientEndpoint if address.version == 6 else TCP4ClientEndpoint
+        d = kind(self.endpoints.reactor, str(address), self.port, timeout=self.endpoints.timeout).connect(
+            protocol_factory)
+        if addresses:
+            d.addErrback(lambda f: f if f.check(defer.CancelledError) else self._connect(addresses, protocol_factory))
+        return d
+
+
+@implementer(IAgentEndpointFactory)
+class CheckedEndpointFactory:
+    """The endpoints of the dispatcher's HTTP agent: every connection goes to a checked address.
+
+    :param allow: networks accepted although refused by default.
+    :param resolve: host name -> addresses; default the reactor's resolver.
+    """
+
+    def __init__(self, reactor: Any, allow: Sequence[IPNetwork], timeout: float,
+                 resolve: Resolve | None = None) -> None:
+        from twisted.web.client import BrowserLikePolicyForHTTPS
+
+        self.reactor, self.allow, self.timeout = reactor, list(allow), timeout
+        self.resolve = resolve or resolver(reactor)
+        self._tls = BrowserLikePolicyForHTTPS()
+
+    def endpointForURI(self, uri: Any) -> Any:
+        host = urllib.parse.unquote(uri.host.decode("ascii"))
+        endpoint = _CheckedEndpoint(self, host, uri.port)
+        if uri.scheme == b"https":
+            # TLS checks the certificate against the URL's host, whatever address we reached.
+            return wrapClientTLS(self._tls.creatorForNetloc(uri.host, uri.port), endpoint)
+        return endpoint
+
+
+@implementer(IBodyProducer)
+class _Body:
+    """A request body already in memory (``FileBodyProducer`` would need a cooperator)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.length = data, len(data)
+
+    def startProducing(self, consumer: Any) -> defer.Deferred[None]:
+        consumer.write(self.data)
+        return defer.succeed(None)
+
+    def pauseProducing(self) -> None:
+        """Written at once: nothing to pause."""
+
+    def resumeProducing(self) -> None:
+        """Written at once: nothing to resume."""
+
+    def stopProducing(self) -> None:
+        """Written at once: nothing to stop."""
+
+
+class _Answer(Protocol):
+    """Reads a receiver's answer body and drops it; past ``limit`` bytes it stops reading and
+    the connection is closed.  ``done`` fires when the body ended, either way; cancelling
+    it (the delivery timed out) closes the connection too."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.received = 0
+        self.done: defer.Deferred[None] = defer.Deferred(lambda _: self._stop())
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.received > self.limit:
+            return  # already stopping: what still arrives is not read
+        self.received += len(data)
+        if self.received > self.limit:
+            self._stop()
+
+    def _stop(self) -> None:
+        if self.transport is not None:
+            self.transport.loseConnection()  # stops reading at once (TCP and TLS alike)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if not self.done.called:
+            self.done.callback(None)
+
+
+class DeliveryError(Exception):
+    """A delivery failed; the message is a sentence for ``last_error``."""
+
+
+def describe_failure(failure: Failure, target: str, timeout: float) -> str:
+    """A sentence saying why a POST to ``target`` (host:port) failed, never a repr."""
+    from twisted.web._newclient import RequestTransmissionFailed, ResponseFailed, ResponseNeverReceived
+
+    if failure.check(defer.CancelledError, TimeoutError, error.TimeoutError, error.ConnectingCancelledError):
+        return f"timed out after {timeout:g} s"
+    if failure.check(WebhookError):
+        return str(failure.value)
+    if failure.check(error.ConnectionRefusedError):
+        return f"connection refused by {target}"
+    if failure.check(error.DNSLookupError):
+        return f"cannot resolve the host of {target}"
+    if failure.check(ResponseNeverReceived, ResponseFailed, RequestTransmissionFailed):
+        reasons = getattr(failure.value, "reasons", None) or []
+        if any("SSL" in type(r.value).__module__ or "ssl" in type(r.value).__module__ for r in reasons):
+            return f"the TLS handshake with {target} failed"
+        return f"the connection to {target} closed before an answer"
+    if failure.check(error.ConnectError):
+        why = getattr(failure.value, "osError", None) or type(failure.value).__name__
+        return f"cannot connect to {target}: {why}"
+    return f"delivery to {target} failed: {type(failure.value).__name__}: {str(failure.value)[:200]}"
+
+
 class WebhookDispatcher:
     """All hooks of one server: registration, delivery, persistence.
 
-    :param http: something with treq's ``post(url, data=, headers=)`` (treq's ``HTTPClient``,
-        or ``treq.testing.StubTreq`` in tests); default a treq client with its own pool.
-    :param clock: ``IReactorTime`` for retries, timeouts and timestamps.
+    :param agent: the ``IAgent`` that POSTs (``treq.testing.RequestTraversalAgent`` in tests);
+        default an ``Agent`` with its own pool whose connections go only to checked addresses
+        (:class:`CheckedEndpointFactory`).
+    :param clock: ``IReactorTime`` for retries, timeouts and timestamps (the reactor, unless
+        ``agent`` is given).
+    :param resolve: host name -> addresses for the default agent (tests).
     """
 
     log = Logger()
@@ -507,23 +884,25 @@ class WebhookDispatcher:
         config: WebhookConfig,
         store: Any,
         clock: Any,
-        http: Any = None,
+        agent: Any = None,
         rng: Any = None,
+        resolve: Resolve | None = None,
     ) -> None:
         self.hub = hub
         self.config = config
         self.store = store
         self.clock = clock
         self.rng = rng
+        self.allow = parse_networks(config.allow_networks)
         self._pool: Any = None
-        if http is None:
-            from treq.client import HTTPClient
+        if agent is None:
             from twisted.web.client import Agent, HTTPConnectionPool
 
             self._pool = HTTPConnectionPool(clock, persistent=True)
             self._pool.maxPersistentPerHost = 2
-            http = HTTPClient(Agent(clock, pool=self._pool, connectTimeout=config.timeout))
-        self.http = http
+            agent = Agent.usingEndpointFactory(
+                clock, CheckedEndpointFactory(clock, self.allow, config.timeout, resolve), pool=self._pool)
+        self.agent = agent
         self.hooks: dict[str, Hook] = {}
         self._deliveries: dict[str, _Delivery] = {}
         self.stats: dict[str, int] = {"delivered": 0, "failures": 0}
@@ -542,6 +921,10 @@ class WebhookDispatcher:
             except TypeError as exc:
                 raise WebhookError(f"webhook state for {hid!r} is unreadable: {exc}") from None
         for name, spec in self.config.hooks.items():
+            try:
+                check_url(spec["url"], self.allow)
+            except WebhookError as exc:
+                raise WebhookError(f"[webhooks.hooks.{name}]: {exc}") from None
             flt = check_filter(spec.get("filter"))
             hook = self.hooks.get(name)
             if hook is None:
@@ -599,17 +982,36 @@ class WebhookDispatcher:
     # HTTP
 
     def post(self, url: str, body: bytes, headers: dict[bytes, list[bytes]]) -> defer.Deferred[int]:
-        """POST; fires with the status code (body read and dropped) or fails; bounded by
-        ``config.timeout``."""
-        import treq
+        """POST; fires with the status code or fails with a :class:`DeliveryError` whose
+        message is a sentence.  Never raises.  The whole delivery (resolving, connecting,
+        the answer) is bounded by ``config.timeout``; at most :data:`ANSWER_LIMIT` bytes of
+        the answer are read, and dropped: a receiver's body costs no memory.  No redirect
+        is followed (it could lead anywhere)."""
+        timeout = self.config.timeout
+        try:
+            target = parse_url(url)
+        except WebhookError as exc:
+            return defer.fail(DeliveryError(str(exc)))
+        d = defer.maybeDeferred(self.agent.request, b"POST", target.uri(), Headers(headers), _Body(body))
 
-        d = self.http.post(url, data=body, headers=headers, allow_redirects=False)
+        def answered(response: Any) -> defer.Deferred[int]:
+            answer = _Answer(ANSWER_LIMIT)
+            response.deliverBody(answer)
+            return answer.done.addCallback(lambda _: response.code)
 
-        def answered(response: Any) -> Any:
-            return treq.content(response).addCallback(lambda _: response.code)
+        expired: list[bool] = []
+
+        def expire() -> None:
+            expired.append(True)
+            d.cancel()  # whatever it waits on: the resolver, the connection, the answer
+
+        def failed(failure: Failure) -> Failure:
+            if expired:
+                return Failure(DeliveryError(f"timed out after {timeout:g} s"))
+            return Failure(DeliveryError(describe_failure(failure, target.netloc, timeout)))
 
         d.addCallback(answered)
-        timer = self.clock.callLater(self.config.timeout, d.cancel)
+        timer = self.clock.callLater(timeout, expire)
 
         def done(result: Any) -> Any:
             if timer.active():
@@ -617,20 +1019,21 @@ class WebhookDispatcher:
             return result
 
         d.addBoth(done)
+        d.addErrback(failed)
         return d
 
     # Registration (the API)
 
     def add(
         self,
-        url: str,
+        url: Any,
         flt: Any = None,
         secret: str | None = None,
         since: str | None = None,
         hook_id: str | None = None,
     ) -> Hook:
         """Register a hook; it receives events after ``since`` (default: from now on)."""
-        check_url(url)
+        check_url(url, self.allow)
         normal = check_filter(flt)
         if since in (None, "", "now"):
             cursor: str | None = self.hub.head_cursor
@@ -643,7 +1046,7 @@ class WebhookDispatcher:
         hid = hook_id or secrets.token_hex(6)
         if hid in self.hooks:
             raise WebhookError(f"a webhook {hid!r} already exists")
-        hook = Hook(hid, url, normal, secret or secrets.token_urlsafe(24), cursor,
+        hook = Hook(hid, str(url), normal, secret or secrets.token_urlsafe(24), cursor,
                     created=self.clock.seconds())
         self.hooks[hid] = hook
         if self.running:
@@ -764,8 +1167,7 @@ class WebhookAPI(Resource):
         if hook_id is not None and (not isinstance(hook_id, str) or not _id_ok(hook_id)):
             raise WebhookError("'id' may hold 1-64 letters, digits, '.', '_' and '-'")
         try:
-            hook = self.dispatcher.add(check_url(body.get("url")), body.get("filter"), secret, body.get("since"),
-                                       hook_id)
+            hook = self.dispatcher.add(body.get("url"), body.get("filter"), secret, body.get("since"), hook_id)
         except CursorError as exc:
             return error_body(request, 400, "bad_cursor", str(exc))
         out = self.dispatcher.view(hook)

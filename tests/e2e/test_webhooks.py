@@ -19,11 +19,12 @@ pytestmark = pytest.mark.slow
 ADMIN = "admin-token"
 
 
-def config_file(tmp_path: Path, max_failures: int = 1000, hooks: str = "") -> str:
+def config_file(tmp_path: Path, max_failures: int = 1000, hooks: str = "", allow: str = '["127.0.0.0/8"]') -> str:
+    """The server's config; ``allow``: the receivers' networks (loopback is refused by default)."""
     path = tmp_path / "firehose.toml"
     path.write_text(
         f'[webhooks]\nadmin_token = "{ADMIN}"\nretry_initial = 0.05\nretry_max = 0.2\n'
-        f"max_failures = {max_failures}\nbatch_size = 7\n{hooks}"
+        f"max_failures = {max_failures}\nbatch_size = 7\nallow_networks = {allow}\n{hooks}"
     )
     return str(path)
 
@@ -134,7 +135,7 @@ def test_hook_disabled_after_repeated_failures_then_reenabled(start_server, tmp_
 
     body = wait_for(disabled, "the hook to be disabled")
     assert "3 consecutive failed deliveries" in body["disabled_reason"]
-    assert "HTTP 500" in body["disabled_reason"]
+    assert "receiver answered HTTP 500" in body["disabled_reason"]
     assert len(receiver.attempts) == 3
     receiver.status = 200
     status, body = api(server.url, "PATCH", f"/api/webhooks/{hook['id']}", {"active": True})
@@ -161,3 +162,31 @@ def test_dead_hook_does_not_delay_other_subscribers(start_server, tmp_path):
         conn.close()
     finally:
         black_hole.close()
+
+
+def test_internal_receivers_refused_unless_allowed(start_server, tmp_path, receiver):
+    """By default a loopback, private or cloud-metadata receiver is refused at registration
+    with a 400 naming the address, and a host name resolving to loopback is refused when
+    delivering (``last_error`` says so, the receiver sees nothing); ``--webhook-allow-network``
+    opens a network: the same receiver then gets the events."""
+    server = start_server("--config", config_file(tmp_path, allow="[]"))
+    for url, address in ((receiver.url, "127.0.0.1"), ("http://169.254.169.254/latest/meta-data/", "169.254.169.254"),
+                         ("http://0x7f.1:9/", "127.0.0.1"), ("http://[::ffff:10.0.0.1]/", "10.0.0.1")):
+        status, body = api(server.url, "POST", "/api/webhooks", {"url": url})
+        assert status == 400 and body["error"] == "bad_webhook", body
+        assert f"{address}" in body["message"] and "is not allowed" in body["message"], body
+    named = register(server, f"http://localhost:{receiver.port}/hook")
+    server.ingest(Master().batch(2))
+
+    def refused():
+        body = api(server.url, "GET", f"/api/webhooks/{named['id']}")[1]
+        return body if body["last_error"] else None
+
+    error = wait_for(refused, "the named hook's delivery to be refused")["last_error"]
+    assert error.startswith("address ") and "is not allowed (loopback)" in error, error
+    assert receiver.attempts == []
+    assert server.stop() == 0
+    opened = start_server("--config", config_file(tmp_path, allow="[]"), "--webhook-allow-network", "127.0.0.0/8")
+    register(opened, receiver.url)
+    opened.ingest(Master().batch(3))
+    assert [e["seq"] for e in receiver.wait_events(3)] == [1, 2, 3]

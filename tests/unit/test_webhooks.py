@@ -7,7 +7,7 @@ import random
 from typing import Any
 
 import pytest
-from treq.testing import StubTreq
+from treq.testing import RequestTraversalAgent, StubTreq
 from twisted.internet.task import Clock
 from twisted.web.resource import Resource
 
@@ -56,7 +56,7 @@ class Setup:
         self.receiver = ReceiverResource()
         self.store = MemoryHookStore()
         cfg = WebhookConfig(retry_initial=1, retry_max=4, batch_size=5, **config)
-        self.dispatcher = WebhookDispatcher(self.hub, cfg, self.store, self.clock, http=StubTreq(self.receiver),
+        self.dispatcher = WebhookDispatcher(self.hub, cfg, self.store, self.clock, agent=RequestTraversalAgent(self.receiver),
                                             rng=random.Random(0))
         self.dispatcher.start()
 
@@ -99,7 +99,7 @@ def test_disabled_after_max_failures_and_reenabled():
     s.append(1, 3)
     s.clock.advance(10)
     s.clock.advance(10)
-    assert not hook.active and "3 consecutive failed deliveries; last: HTTP 503" == hook.disabled_reason
+    assert not hook.active and "3 consecutive failed deliveries; last: receiver answered HTTP 503" == hook.disabled_reason
     assert s.clock.getDelayedCalls() == []
     s.append(4, 4)
     s.dispatcher.enable(hook.id)
@@ -134,7 +134,7 @@ def test_restart_resumes_from_stored_cursor():
     s.stop()
     s.append(4, 6)
     receiver = ReceiverResource()
-    again = WebhookDispatcher(s.hub, s.dispatcher.config, s.store, s.clock, http=StubTreq(receiver))
+    again = WebhookDispatcher(s.hub, s.dispatcher.config, s.store, s.clock, agent=RequestTraversalAgent(receiver))
     again.start()
     assert receiver.delivered() == [4, 5, 6] and again.hooks[hook.id].cursor == "e1:6"
     again.stop()
