@@ -55,6 +55,11 @@ def _parser() -> argparse.ArgumentParser:
         help="bearer token of the webhook API /api/webhooks (or FIREHOSE_WEBHOOK_ADMIN_TOKEN; "
         "without one the API is off)",
     )
+    serve.add_argument(
+        "--webhook-allow-network", metavar="CIDR", action="append", default=[],
+        help="let webhooks reach this network although it is refused by default (loopback, private, "
+        "link-local...), e.g. 127.0.0.0/8 (repeatable)",
+    )
     limits = serve.add_argument_group("limits", "what one client may hold (see docs/server.md#limits)")
     limits.add_argument(
         "--max-connections", metavar="N", type=int,
@@ -117,6 +122,7 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = 
         config.synchronous = args.synchronous
     if getattr(args, "webhook_admin_token", None):
         config.webhooks.admin_token = args.webhook_admin_token
+    config.webhooks.allow_networks += getattr(args, "webhook_allow_network", None) or []
     for key in ("max_connections", "max_connections_per_address", "request_timeout", "idle_timeout"):
         value = getattr(args, key, None)
         if value is not None:
