@@ -68,7 +68,7 @@ def test_receiver_is_ten_lines_and_verifies(start_server, tmp_path):
 
         wait_for(listening, "the receiver to listen")
         config = tmp_path / "f.toml"
-        config.write_text('[webhooks]\nadmin_token = "admin-token"\n')
+        config.write_text('[webhooks]\nadmin_token = "admin-token"\nallow_networks = ["127.0.0.0/8"]\n')
         server = start_server("--config", str(config))
         status, _ = api(server.url, "POST", "/api/webhooks",
                         {"url": f"http://{HOST}:{port}/", "secret": secret, "filter": {"type": "build.finished"}})
