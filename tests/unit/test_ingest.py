@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from treq.testing import StubTreq
@@ -70,6 +71,47 @@ class IngestTests(SynchronousTestCase):
         no_builder = make_event(1)
         del no_builder["data"]["builder"]
         self.assert_rejected(422, "schema", [no_builder])
+
+    def test_limits_are_checked_at_the_door(self) -> None:
+        """Each limit the journal or the encoder has is a 422 whose code and message name the
+        limit and the offending path, before anything reaches the journal."""
+        def deep(n: int) -> Any:
+            value: Any = 1
+            for _ in range(n):
+                value = [value]
+            return value
+
+        cases: list[tuple[list[dict[str, Any]], str, str]] = [
+            ([make_event(1, properties={"p": deep(300)})], "too_deep", "batch[0].data.properties.p[0]"),
+            ([make_event(1), make_event(2, x=deep(31))], "too_deep", "batch[1].data.x"),
+            ([make_event(2**63)], "schema", "batch[0].seq must be smaller than or equal to 9223372036854775807"),
+            ([make_event(2**64 + 1)], "schema", "batch[0].seq"),
+            ([make_event(1), {**make_event(2), "seq": 2.0}], "schema", "batch[1].seq must be an integer"),
+            ([{**make_event(1), "time": 2.0**60}], "schema", "batch[0].time"),
+            ([make_event(1), make_event(3), make_event(2)], "seq_order", "batch[2].seq is 2, not above 3"),
+            ([make_event(1), make_event(1)], "seq_order", "batch[1].seq is 1"),
+            ([{**make_event(1), "incarnation": "i" * 65}], "schema", "batch[0].incarnation"),
+        ]
+        for body, error, where in cases:
+            # The standard library's encoder writes any integer and any depth; orjson would not.
+            answer = self.assert_rejected(422, error, json.dumps(body).encode(), raw=True)
+            self.assertIn(where, answer["message"])
+        code, answer = self.post(batch(1, 1) + batch(1, 1, incarnation="i2"))
+        self.assertEqual((code, answer["accepted"]), (200, 2))  # seqs are ordered per incarnation
+
+    def test_too_many_events(self) -> None:
+        """A batch of more events than the limit is a 422 naming the limit."""
+        journal = MemoryJournal(epoch="e1")
+        site = build_site(hub=Hub(journal), journal=journal, clock=Clock(), max_body=4 * 1024 * 1024,
+                          tokens=MasterTokens({"m1": "tok1"}))
+        client = StubTreq(site.resource)
+        events = [{**make_event(s), "data": {}, "type": "master.heartbeat"} for s in range(1, 10_002)]
+        response = self.successResultOf(client.post(URL, data=dumps(events),
+                                                    headers={"Authorization": ["Bearer tok1"]}))
+        answer = self.successResultOf(response.json())
+        self.assertEqual((response.code, answer["error"]), (422, "schema"))
+        self.assertIn("10000", answer["message"])
+        self.assertEqual(journal.head, 0)
 
     def test_oversized_body(self) -> None:
         """A body over the limit is a 413, whatever it contains."""
