@@ -46,6 +46,18 @@ def _big_batch() -> list[dict[str, Any]]:
     return [good(pad=600) for _ in range(4)]
 
 
+def _nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def _repeated() -> list[dict[str, Any]]:
+    event = good()
+    return [event, dict(event)]
+
+
 #: name -> (make request kwargs, expected status, expected error code)
 CASES: dict[str, tuple[Any, int, str]] = {
     "malformed-json": (lambda: {"raw": b'[{"master": "m1", "seq": '}, 400, "malformed_json"),
@@ -58,6 +70,14 @@ CASES: dict[str, tuple[Any, int, str]] = {
     "unknown-type": (lambda: {"body": [{**good(), "type": "build.exploded"}]}, 422, "schema"),
     "data-missing-builder": (lambda: {"body": [without(good(), "data", "builder")]}, 422, "schema"),
     "unknown-envelope-field": (lambda: {"body": [{**good(), "extra": 1}]}, 422, "schema"),
+    "seq-2^63": (lambda: {"body": [{**good(), "seq": 2**63}]}, 422, "schema"),
+    "seq-past-2^64": (lambda: {"body": [{**good(), "seq": 2**64 + 1}]}, 422, "schema"),
+    "seq-float": (lambda: {"body": [{**good(), "seq": 7.0}]}, 422, "schema"),
+    "seq-bool": (lambda: {"body": [{**good(), "seq": True}]}, 422, "schema"),
+    "seqs-out-of-order": (lambda: {"body": list(reversed([good(), good()]))}, 422, "seq_order"),
+    "seq-repeated-in-batch": (lambda: {"body": _repeated()}, 422, "seq_order"),
+    "nested-past-the-encoder": (lambda: {"body": [good(properties={"p": _nested(300)})]}, 422, "too_deep"),
+    "nested-past-the-limit": (lambda: {"body": [good(), good(x=_nested(31))]}, 422, "too_deep"),
     "oversized": (lambda: {"body": _big_batch()}, 413, "too_large"),
     "oversized-chunked": (lambda: {"body": _big_batch(), "chunked": True}, 413, "too_large"),
     "missing-token": (lambda: {"body": [good()], "token": None}, 401, "unauthorized"),
