@@ -76,3 +76,56 @@ def test_two_masters_with_one_token_are_refused(capsys: pytest.CaptureFixture[st
 
     with pytest.raises(ConfigError, match="same token"):
         FirehoseServer(Config(tokens={"a": "x", "b": "x"}))
+
+
+def test_connection_limits_from_file_and_flags(tmp_path) -> None:
+    """The four connection limits come from ``[limits]`` in the file and from flags (which
+    win); without either they are the documented defaults."""
+    c = config([])
+    assert (c.max_connections, c.max_connections_per_address, c.request_timeout, c.idle_timeout) == (
+        None, 256, 10.0, 60.0)
+    path = tmp_path / "f.toml"
+    path.write_text("[limits]\nmax_connections = 500\nmax_connections_per_address = 0\n"
+                    "request_timeout = 2.5\nidle_timeout = 30\n")
+    c = config(["--config", str(path), "--max-connections", "100", "--idle-timeout", "5"])
+    assert (c.max_connections, c.max_connections_per_address, c.request_timeout, c.idle_timeout) == (
+        100, 0, 2.5, 5.0)
+
+
+@pytest.mark.parametrize(
+    "text,says",
+    [("max_connections = 0", "max_connections must be at least 1"),
+     ("max_connections_per_address = -1", "at least 0"),
+     ("request_timeout = 0", "more than 0"),
+     ("idle_timeout = \"long\"", "must be a number"),
+     ("max_connections = 1.5", "an integer"),
+     ("max_conections = 5", "unknown keys")],
+)
+def test_bad_limits_in_the_file_name_the_key(tmp_path, text: str, says: str) -> None:
+    """A limit that is no limit, of the wrong type or misspelt is a config error naming it."""
+    path = tmp_path / "f.toml"
+    path.write_text(f"[limits]\n{text}\n")
+    with pytest.raises(ConfigError, match=says) as info:
+        load_config_file(str(path), Config())
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "argv,says",
+    [(["--max-connections", "0"], "--max-connections must be at least 1"),
+     (["--max-connections-per-address", "-3"], "--max-connections-per-address"),
+     (["--request-timeout", "0"], "--request-timeout must be more than 0"),
+     (["--idle-timeout", "-1"], "--idle-timeout")],
+)
+def test_bad_limit_flags_exit_2(argv: list[str], says: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A bad limit flag exits 2 with one line naming the flag."""
+    assert main(["serve", *argv]) == 2
+    assert says in capsys.readouterr().err
+
+
+def test_limits_set_in_code_are_checked_too() -> None:
+    """A ``Config`` built in code is checked like one read from a file."""
+    from firehose.service import FirehoseServer
+
+    with pytest.raises(ConfigError, match="max_connections_per_address"):
+        FirehoseServer(Config(max_connections_per_address=-1))

@@ -327,6 +327,126 @@ class WebSocketTests(SynchronousTestCase):
         self.assertEqual([m["id"] for m in self.flush()], ["e1:1"])
 
 
+class _ClosingClient(_Client):
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.factory.closed = (code, reason)
+
+
+class WebSocketLimitTests(SynchronousTestCase):
+    """What one WebSocket client may cost: commands it may send, answers it may make the server
+    write, journal reads it may queue."""
+
+    def setUp(self) -> None:
+        from tests.unit.test_websocket_property import TCPLikeTransport
+
+        self.clock = Clock()
+        self.journal = MemoryJournal(epoch="e1")
+        self.hub = Hub(self.journal, page_size=5, max_pending=50)
+        self.server_factory = FirehoseWebSocketFactory(
+            self.hub, ping_interval=0, commands_per_second=1, command_burst=20, reactor=self.clock
+        )
+        self.server_factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0)
+        self.client_factory = WebSocketClientFactory("ws://127.0.0.1/ws")
+        self.client_factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0)
+        self.client_factory.protocol = _ClosingClient
+        self.client_factory.closed = None
+        addr = IPv4Address("TCP", "127.0.0.1", 80)
+        server = self.server_factory.buildProtocol(addr)
+        client = self.client_factory.buildProtocol(addr)
+        self.server_io = TCPLikeTransport(server, isServer=True)
+        self.pump = iosim.connect(server, self.server_io, client,
+                                  iosim.FakeTransport(client, isServer=False), clock=self.clock)
+        self.flush()
+        self.client = self.client_factory.opened
+
+    def flush(self) -> list[dict[str, Any]]:
+        self.pump.flush()
+        while self.server_io.delivered:  # bytes let through by a resume, read on this pump
+            self.server_io.delivered = False
+            self.pump.flush()
+        received, self.client_factory.received = getattr(self.client_factory, "received", []), []
+        return received
+
+    def send(self, msg: Any) -> list[dict[str, Any]]:
+        self.client.sendMessage(dumps(msg))
+        return self.flush()
+
+    def tearDown(self) -> None:
+        if self.client_factory.closed is None:
+            self.client.sendClose()
+            self.flush()
+        self.assertEqual(self.hub.stats.subscribers["websocket"], 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_commands_wait_while_the_socket_is_full(self) -> None:
+        """While the socket's send buffer is full the client's commands are not read, so a
+        client sending pings without reading its pongs cannot make the server buffer them; once
+        the socket drains they are answered, in order."""
+        self.send({"cmd": "subscribe"})
+        producer = self.server_io.producer
+        producer.pauseProducing()  # what TCP does when the send buffer passes its high mark
+        for _ in range(10):
+            self.client.sendMessage(dumps({"cmd": "ping"}))
+        self.assertEqual(self.flush(), [])
+        self.assertFalse(self.server_io.reading)
+        producer.resumeProducing()
+        self.assertEqual([m["type"] for m in self.flush()], ["pong"] * 10)
+
+    def test_command_flood_is_closed_with_1008(self) -> None:
+        """Past its burst of commands (20 here, then 1 per second) a client is closed with code
+        1008 and a reason naming the limit, and its subscription ends; a client within the rate
+        is never closed."""
+        self.send({"cmd": "subscribe"})
+        for _ in range(5):
+            self.clock.advance(1)
+            self.send({"cmd": "ping"})  # at the rate: tokens refill as fast as they are spent
+        # 19 tokens left (the subscribe spent one; each ping at the rate was refilled).
+        replies = [m["type"] for _ in range(19) for m in self.send({"cmd": "ping"})]
+        self.assertEqual(replies, ["pong"] * 19)
+        self.assertIsNone(self.client_factory.closed)
+        self.assertEqual(self.send({"cmd": "ping"}), [])
+        code, reason = self.client_factory.closed
+        self.assertEqual(code, 1008)
+        self.assertIn("too many commands", reason)
+        self.assertEqual(self.hub.stats.subscribers["websocket"], 0)
+
+    def test_ping_frames_count_as_commands(self) -> None:
+        """WebSocket ping frames (answered by pong frames) spend the same budget as commands."""
+        for _ in range(20):
+            self.client.sendPing()
+        self.flush()
+        self.assertIsNone(self.client_factory.closed)
+        self.client.sendPing()
+        self.flush()
+        self.assertEqual(self.client_factory.closed[0], 1008)
+
+    def test_resubscribe_flood_holds_one_journal_read(self) -> None:
+        """Subscribing again and again while a replay read is pending queues no further reads:
+        at most one is in flight per socket.  When it ends, only the last subscription starts,
+        and it delivers everything after its cursor, once, in order."""
+        self.successResultOf(self.journal.append(batch(1, 12)))
+        reads = HeldReads(self.journal)
+        for i in range(10):
+            (ack,) = self.send({"cmd": "subscribe", "since": f"e1:{i}", "filter": {"builder": "linux"}})
+            self.assertEqual(ack["type"], "subscribed")
+            self.assertEqual(len(reads.pending), 1)
+        self.assertLessEqual(self.hub.stats.subscribers["websocket"], 2)
+        events: list[dict[str, Any]] = []
+        for _ in range(10):
+            reads.release()
+            self.assertLessEqual(len(reads.pending), 1)
+            events += self.flush()
+        self.assertEqual([e["id"] for e in events], [f"e1:{n}" for n in range(10, 13)])
+        self.assertEqual(self.hub.stats.subscribers["websocket"], 1)
+
+    def test_unknown_command_is_not_echoed_whole(self) -> None:
+        """An error quotes at most a short piece of what the client sent: a 60 KiB ``cmd``
+        does not come back."""
+        (error,) = self.send({"cmd": "x" * 60_000})
+        self.assertEqual(error["error"], "bad_command")
+        self.assertLess(len(error["message"]), 200)
+
+
 class LongPollReplayTests(_Base):
     def test_timeout_never_answers_before_the_replay_has_read(self) -> None:
         """With ``timeout=0`` and a slow journal read, the answer waits for the read and holds
