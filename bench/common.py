@@ -124,6 +124,8 @@ class Server:
             "taskset", "-c", SERVER_CORE, python(), "-m", "firehose.cli", "serve",
             "--listen", f"tcp:{self.port}:interface=127.0.0.1", "--db", self.db,
             "--retention-days", "36500",
+            # Thousands of subscribers come from one loopback address: lift the per-address cap.
+            "--max-connections-per-address", "0", "--max-connections", "100000",
         ]
         for i in range(MASTERS):
             cmd += ["--master-token", f"m{i}=t{i}"]

@@ -38,7 +38,9 @@ class _JSONResource(Resource):
 
     def render_GET(self, request: Request) -> bytes:
         allow_cors(request)
-        return json_body(request, 200, self.make())
+        doc = self.make()
+        # A node that cannot store answers 503, so a load balancer takes it out of rotation.
+        return json_body(request, 503 if doc.get("status") == "degraded" else 200, doc)
 
 
 class _StaticFiles(File):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -32,7 +33,7 @@ def test_concurrent_retries_of_one_batch_are_published_once(server, clients):
 
 
 def test_duplicates_inside_a_batch_and_new_incarnations(server, clients):
-    """An event repeated inside one batch is kept once; a master that restarts (new incarnation)
+    """A seq repeated inside one batch is refused whole (422 seq_order); a master that restarts (new incarnation)
     starts its seq at 1 again and is accepted; the old incarnation's events stay deduplicated;
     /health reports the newest incarnation."""
     ws = WSClient(server.ws_url)
@@ -40,8 +41,10 @@ def test_duplicates_inside_a_batch_and_new_incarnations(server, clients):
     ws.subscribe()
     old = Master("m2", "boot-1")
     events = old.batch(3)
-    answer = server.ingest(events + [events[1]])
-    assert (answer["accepted"], answer["duplicates"]) == (3, 1)
+    status, body = post_ingest(server.url, events + [events[1]], server.tokens["m2"])
+    assert status == 422 and json.loads(body)["error"] == "seq_order", body
+    answer = server.ingest(events)
+    assert (answer["accepted"], answer["duplicates"]) == (3, 0)
     new = Master("m2", "boot-2")
     fresh = new.batch(3)
     answer = server.ingest(fresh)

@@ -150,7 +150,9 @@ def test_disk_full_refuses_cleanly_then_recovers(tiny_fs: Path, tmp_path: Path) 
             assert answer.status == 503, (cycle, answer.status, answer.body)
             message = answer.json().get("message", "")
             assert "retry-after" in answer.headers, answer.headers
-            health_when_full.append(health(server))
+            health_code, health_doc = server.health_any()
+            assert health_code == 503, ("a node that cannot store answers /health with 503", health_doc)
+            health_when_full.append(health_doc)
             assert "disk full" in message.lower(), f"cycle {cycle}: 503 does not say 'disk full': {message!r}"
             assert health_when_full[-1]["status"] == "degraded", health_when_full[-1]
 
