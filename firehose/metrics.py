@@ -65,13 +65,18 @@ class FirehoseCollector:
         subs = GaugeMetricFamily("firehose_subscribers", "Active subscriptions.", labels=["transport"])
         out = CounterMetricFamily("firehose_events_delivered", "Events delivered.", labels=["transport"])
         slow = CounterMetricFamily("firehose_slow_subscribers", "Subscriptions ended as too slow.", labels=["transport"])
+        failed = CounterMetricFamily(
+            "firehose_failed_subscribers", "Subscriptions ended because their transport raised.", labels=["transport"]
+        )
         for t in TRANSPORTS:
             subs.add_metric([t], stats.subscribers[t])
             out.add_metric([t], stats.delivered[t])
             slow.add_metric([t], stats.slow[t])
+            failed.add_metric([t], stats.failed[t])
         yield subs
         yield out
         yield slow
+        yield failed
         yield CounterMetricFamily("firehose_events_published", "Events fanned out live.", value=stats.published)
         yield GaugeMetricFamily("firehose_journal_head", "Offset of the newest event.", value=self.journal.head)
         yield GaugeMetricFamily(

@@ -188,3 +188,22 @@ def test_slow_subscriber_whose_final_gap_raises_is_closed_alone() -> None:
     assert slow_sub.closed and slow_sub not in hub._live
     assert [(g["reason"], final) for g, final in slow.gaps] == [("slow", True)]
     assert hub.stats.slow["t"] == 1 and hub.stats.subscribers["t"] == 1
+
+
+def test_a_failed_subscriber_is_counted_in_metrics() -> None:
+    """/metrics counts a subscription its transport ended by raising, on that transport only."""
+    from firehose.ingest import IngestStats
+    from firehose.metrics import FirehoseCollector
+
+    journal = MemoryJournal(epoch="e1")
+    hub = Hub(journal)
+    hub.subscribe(FaultySink("send", 1), Filter.everything(), None, "sse").start()
+    hub.subscribe(FaultySink(None, 1), Filter.everything(), None, "websocket").start()
+    journal.append([make_event(1)])
+    samples = {
+        (s.name, s.labels.get("transport")): s.value
+        for family in FirehoseCollector(hub, journal, IngestStats(), lambda: 0).collect()
+        for s in family.samples
+    }
+    assert samples[("firehose_failed_subscribers_total", "sse")] == 1
+    assert samples[("firehose_failed_subscribers_total", "websocket")] == 0
