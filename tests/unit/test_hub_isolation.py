@@ -18,7 +18,9 @@ from twisted.logger import Logger
 from firehose.event import Event
 from firehose.filters import Filter, parse_json
 from firehose.hub import Hub, Subscription
+from firehose.ingest import IngestStats
 from firehose.journal import MemoryJournal
+from firehose.metrics import FirehoseCollector
 from tests.unit.helpers import HeldReads, make_event
 
 FILTERS: list[Filter] = [
@@ -192,9 +194,6 @@ def test_slow_subscriber_whose_final_gap_raises_is_closed_alone() -> None:
 
 def test_a_failed_subscriber_is_counted_in_metrics() -> None:
     """/metrics counts a subscription its transport ended by raising, on that transport only."""
-    from firehose.ingest import IngestStats
-    from firehose.metrics import FirehoseCollector
-
     journal = MemoryJournal(epoch="e1")
     hub = Hub(journal)
     hub.subscribe(FaultySink("send", 1), Filter.everything(), None, "sse").start()
