@@ -42,3 +42,14 @@ def parse_cursor(text: str) -> Cursor:
             "event's 'id', or 'earliest' or 'now'"
         )
     return Cursor(match.group(1), int(match.group(2)))
+
+
+def parse_since(since: str | None) -> str | Cursor:
+    """Where a subscription starts, as every reader of ``since`` must understand it: ``NOW`` for
+    ``None``, ``""`` and ``"now"`` (live only), ``EARLIEST`` for ``"earliest"``, otherwise the
+    parsed :class:`Cursor` (raising :class:`CursorError` for anything else)."""
+    if since is None or since == "" or since == NOW:
+        return NOW
+    if since == EARLIEST:
+        return EARLIEST
+    return parse_cursor(since)
