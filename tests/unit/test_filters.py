@@ -94,3 +94,57 @@ def test_cursor_round_trip_and_errors() -> None:
     for bad in ["", "42", "ab:", ":1", "AB:1", "ab:-1", "ab:1:2"]:
         with pytest.raises(CursorError):
             parse_cursor(bad)
+
+
+def test_runs_of_stars_are_one_star() -> None:
+    """``a**b`` means ``a*b``, and both spellings give the same filter key (one match per event
+    for the hub, whichever a client sent)."""
+    flt = parse_query({"builder": ["linux**x64,***"]})
+    assert flt.as_dict() == {"builder": ["linux*x64", "*"]}
+    assert flt.key == parse_query({"builder": ["linux*x64,*"]}).key
+    assert flt.matches(event())
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ({"builder": ["*" * 257]}, r"pattern too long in filter field 'builder' \(at most 256 characters\)"),
+        ({"builder": [",".join(f"b{i}" for i in range(65))]}, r"too many patterns .*\(at most 64\)"),
+    ],
+)
+def test_limits_are_errors_naming_the_limit(args: dict[str, list[str]], message: str) -> None:
+    """A pattern over 256 characters, or over 64 patterns in a field, is a FilterError whose
+    message states the limit (the transports answer it with 400 or an error frame)."""
+    with pytest.raises(FilterError, match=message):
+        parse_query(args)
+    assert parse_query({"builder": ["*" * 255 + "x"]}).as_dict() == {"builder": ["*x"]}
+
+
+def test_every_alternative_is_anchored() -> None:
+    """Each glob of several must match the whole value: ``*a,b*c`` does not match ``xab``
+    (a regex alternation anchored only at its end matched ``xa`` as a prefix)."""
+    assert not parse_query({"builder": ["*a,b*c"]}).matches(event(builder="xab"))
+    assert parse_query({"builder": ["*a,b*c"]}).matches(event(builder="xa"))
+
+
+def test_star_matches_across_lines() -> None:
+    """``*`` stands for any characters, a newline included (a regex ``.`` stops at one)."""
+    assert parse_json({"prop.note": "first*last"}).matches(event(properties={"note": "first\nlast"}))
+
+
+@pytest.mark.parametrize(
+    ("pattern", "value", "expected"),
+    [
+        ("a*a", "a", False),  # head and tail may not share the value's one character
+        ("ab*ba", "aba", False),
+        ("ab*ba", "abba", True),
+        ("*ab*b", "ab", False),  # a middle piece may not reach into the tail
+        ("*ab*b", "abb", True),
+        ("*a*a*", "a", False),
+        ("a**", "a", True),
+        ("**", "", True),
+    ],
+)
+def test_pieces_of_a_glob_do_not_overlap(pattern: str, value: str, expected: bool) -> None:
+    """The head, the middle pieces and the tail of a glob each cover their own characters."""
+    assert parse_query({"builder": [pattern]}).matches(event(builder=value)) is expected
