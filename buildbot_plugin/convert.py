@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from firehose.event import RESULT_NAMES
+from firehose.schema import FIELD_NAMES
 
 #: Property names (and keys inside property values, at any depth) matching any of these
 #: case-insensitive regular expressions, searched anywhere in the name, have their value replaced
@@ -229,11 +230,15 @@ class Redactor:
         return [_scrub_userinfo(line) for line in lines]
 
     def scrub_all(self, value: Any) -> Any:
-        """Scrub secret values and URL userinfo from every string (keys too) of a JSON-like value."""
+        """Scrub secret values and URL userinfo from every string (keys too) of a JSON-like value.
+
+        The schema's own field names are left alone: they are a public vocabulary, and a short
+        secret that happens to be part of ``buildid`` must not cost the event its required keys.
+        """
         if isinstance(value, str):
             return self.scrub(value)
         if isinstance(value, dict):
-            return {self.scrub(k): self.scrub_all(v) for k, v in value.items()}
+            return {k if k in FIELD_NAMES else self.scrub(k): self.scrub_all(v) for k, v in value.items()}
         if isinstance(value, list):
             return [self.scrub_all(v) for v in value]
         return value

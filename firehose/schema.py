@@ -172,6 +172,26 @@ EVENT_SCHEMA: dict[str, Any] = {
     ],
 }
 
+
+
+def _field_names(schema: Any) -> frozenset[str]:
+    names: set[str] = set()
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            names.update(node.get("properties", {}) if isinstance(node.get("properties"), dict) else ())
+            names.update(n for n in node.get("required", ()) if isinstance(n, str))
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return frozenset(names)
+
+
+#: Every field name the schema knows: the fixed vocabulary of events (``buildid``,
+#: ``builder``, ...), as opposed to free-form keys such as property names.
+FIELD_NAMES: frozenset[str] = _field_names(EVENT_SCHEMA)
+
 #: Schema of the body of ``POST /ingest``: a non-empty array of events from one master.
 BATCH_SCHEMA: dict[str, Any] = {
     "$schema": "http://json-schema.org/draft-07/schema#",
