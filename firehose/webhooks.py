@@ -23,7 +23,6 @@ small JSON file next to the journal, written atomically in a thread, never on th
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import ipaddress
 import json
@@ -31,7 +30,6 @@ import os
 import re
 import secrets
 import tempfile
-import time as _time
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -56,44 +54,13 @@ from firehose.cursor import CursorError
 from firehose.event import Event, dumps, loads
 from firehose.filters import FilterError, parse_json
 from firehose.hub import Hub, Subscription
+from firehose.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign, verify  # noqa: F401 (re-exported)
 
-SIGNATURE_HEADER = "X-Firehose-Signature"
-TIMESTAMP_HEADER = "X-Firehose-Timestamp"
 ADMIN_TOKEN_ENV = "FIREHOSE_WEBHOOK_ADMIN_TOKEN"
 
 
 class WebhookError(ValueError):
     """A hook definition that cannot be used; the message says why."""
-
-
-def sign(secret: str | bytes, body: bytes) -> str:
-    """The value of ``X-Firehose-Signature`` for ``body``: ``sha256=<hex>``."""
-    key = secret.encode() if isinstance(secret, str) else secret
-    return "sha256=" + hmac.new(key, body, hashlib.sha256).hexdigest()
-
-
-def verify(
-    secret: str | bytes,
-    body: bytes,
-    signature: str | None,
-    timestamp: str | None = None,
-    tolerance: float | None = 300.0,
-    now: float | None = None,
-) -> bool:
-    """Check a delivery as a receiver should: the HMAC of the raw body (constant time), and,
-    given the ``X-Firehose-Timestamp`` header, that it is recent (``tolerance`` seconds) and
-    agrees with the signed ``sent_at`` in the body."""
-    if not signature or not hmac.compare_digest(sign(secret, body), signature):
-        return False
-    if timestamp is None or tolerance is None:
-        return True
-    try:
-        sent = int(loads(body)["sent_at"])
-        stamp = int(timestamp)
-    except (ValueError, KeyError, TypeError):
-        return False
-    current = _time.time() if now is None else now
-    return sent == stamp and abs(current - stamp) <= tolerance
 
 
 # ---------------------------------------------------------------------------------------------
