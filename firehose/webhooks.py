@@ -31,8 +31,8 @@ import re
 import secrets
 import tempfile
 import urllib.parse
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from twisted.internet import defer, error
@@ -50,6 +50,7 @@ from zope.interface import implementer
 from firehose import __version__
 from firehose._http import bearer_token, error_body, json_body
 from firehose.client import Backoff
+from firehose.config import WebhookConfig, apply_config_table  # noqa: F401 (moved; re-exported)
 from firehose.cursor import CursorError
 from firehose.event import Event, dumps, loads
 from firehose.filters import FilterError, parse_json
@@ -290,82 +291,6 @@ def check_filter(flt: Any) -> dict[str, list[str]]:
         return parse_json(flt if flt is not None else {}).as_dict()
     except FilterError as exc:
         raise WebhookError(str(exc)) from None
-
-
-@dataclass
-class WebhookConfig:
-    """The ``[webhooks]`` part of the server configuration.
-
-    :param admin_token: bearer token of ``/api/webhooks``; without one the API answers 403.
-    :param hooks: hooks defined in the config file: ``{name: {"url", "secret", "filter"}}``.
-    :param state_path: the JSON state file; default ``<db>.webhooks.json`` (nothing is kept
-        with a ``:memory:`` journal).
-    :param max_failures: consecutive failed deliveries before a hook is disabled.
-    :param timeout: seconds a delivery may take in all: resolving, connecting, the answer.
-    :param allow_networks: CIDR networks receivers may be in although they are refused by
-        default (loopback, private, link-local...), e.g. ``["127.0.0.0/8"]``.
-    """
-
-    admin_token: str | None = None
-    hooks: dict[str, dict[str, Any]] = field(default_factory=dict)
-    state_path: str | None = None
-    max_failures: int = 10
-    retry_initial: float = 1.0
-    retry_max: float = 300.0
-    timeout: float = 10.0
-    batch_size: int = 100
-    allow_networks: list[str] = field(default_factory=list)
-
-
-_CONFIG_KEYS = {"admin_token", "hooks", "state_path", "max_failures", "retry_initial", "retry_max",
-                "timeout", "batch_size", "allow_networks"}
-
-
-def apply_config_table(table: Mapping[str, Any], config: WebhookConfig) -> WebhookConfig:
-    """Overlay the ``[webhooks]`` TOML table; raises :class:`WebhookError` naming a bad key.
-
-    ```toml
-    [webhooks]
-    admin_token = "..."
-    max_failures = 10
-    allow_networks = ["10.1.0.0/16"]   # receivers inside; refused by default
-    [webhooks.hooks.try-results]
-    url = "https://ci-bot.example/firehose"
-    secret = "..."
-    filter = {type = "build.finished", builder = "try-*"}
-    ```
-    """
-    unknown = set(table) - _CONFIG_KEYS
-    if unknown:
-        raise WebhookError(f"[webhooks]: unknown keys {sorted(unknown)}; known: {sorted(_CONFIG_KEYS)}")
-    for key in ("admin_token", "state_path"):
-        if key in table:
-            setattr(config, key, str(table[key]))
-    for key in ("max_failures", "batch_size"):
-        if key in table:
-            setattr(config, key, int(table[key]))
-    for key in ("retry_initial", "retry_max", "timeout"):
-        if key in table:
-            setattr(config, key, float(table[key]))
-    if "allow_networks" in table:
-        parse_networks(table["allow_networks"])
-        config.allow_networks += [str(n) for n in table["allow_networks"]]
-    for name, spec in (table.get("hooks") or {}).items():
-        if not isinstance(spec, Mapping):
-            raise WebhookError(f"[webhooks.hooks.{name}] must be a table with url, secret, filter")
-        extra = set(spec) - {"url", "secret", "filter"}
-        if extra:
-            raise WebhookError(f"[webhooks.hooks.{name}]: unknown keys {sorted(extra)}")
-        if not spec.get("secret"):
-            raise WebhookError(f"[webhooks.hooks.{name}] needs a 'secret'")
-        try:
-            # Its address is checked when the dispatcher loads, once flags have added networks.
-            parse_url(spec.get("url"))
-            check_filter(spec.get("filter"))
-        except WebhookError as exc:
-            raise WebhookError(f"[webhooks.hooks.{name}]: {exc}") from None
-        config.hooks[str(name)] = dict(spec)
-    return config
 
 
 # ---------------------------------------------------------------------------------------------
