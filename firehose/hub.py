@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from firehose.cursor import EARLIEST, NOW, CursorError, format_cursor, parse_cursor
+from firehose.cursor import NOW, Cursor, CursorError, format_cursor, parse_since
 from firehose.event import Event
 from firehose.filters import Filter
 from firehose.journal import IJournal
@@ -105,29 +105,36 @@ class Hub:
             (live only).  A cursor of another epoch, or older than retention, starts at the
             earliest retained event after a ``gap`` message saying so.
         """
-        position, gap = self._resolve(since)
-        sub = Subscription(self, sink, flt, position, transport, page_size or self.page_size)
-        sub._initial_gap = gap
+        position, gap = self.resolve(since)
+        sub = Subscription(self, sink, flt, position, transport, page_size or self.page_size, gap)
         self.stats.subscribers[transport] += 1
         return sub
 
-    def _resolve(self, since: str | None) -> tuple[int, dict[str, Any] | None]:
+    def resolve(self, since: str | None) -> tuple[int, dict[str, Any] | None]:
+        """The offset a subscription with this ``since`` starts after, and the ``gap`` it must be
+        told of first (another epoch, or older than retention), if any.
+
+        Public so that a caller which stores a ``since`` for later (a webhook) refuses a bad one
+        now, with the same rules and messages as :meth:`subscribe`.
+
+        :raises CursorError: not ``now``/``earliest``/a cursor, or a cursor ahead of the head.
+        """
         journal = self.journal
         oldest = journal.earliest - 1
-        if since is None or since == NOW or since == "":
-            return journal.head, None
-        if since == EARLIEST:
-            return oldest, None
-        cursor = parse_cursor(since)
-        if cursor.epoch != journal.epoch:
-            return oldest, self._gap("epoch", since, oldest)
-        if cursor.offset > journal.head:
+        start = parse_since(since)
+        if not isinstance(start, Cursor):
+            return (journal.head if start == NOW else oldest), None
+        if start.epoch != journal.epoch:
+            return oldest, self.gap_message("epoch", since, oldest)
+        if start.offset > journal.head:
             raise CursorError(f"cursor {since!r} is ahead of this stream (newest is {self.head_cursor})")
-        if cursor.offset < oldest:
-            return oldest, self._gap("expired", since, oldest)
-        return cursor.offset, None
+        if start.offset < oldest:
+            return oldest, self.gap_message("expired", since, oldest)
+        return start.offset, None
 
-    def _gap(self, reason: str, since: str | None, resume: int) -> dict[str, Any]:
+    def gap_message(self, reason: str, since: str | None, resume: int) -> dict[str, Any]:
+        """The ``gap`` a sink is given: why, from where, the cursor to resume from (``resume``)
+        and the earliest one retained."""
         return {
             "type": "gap",
             "reason": reason,
@@ -142,7 +149,7 @@ class Hub:
         # distinct filters x events (and the matches), not subscribers x events.
         matched_by_filter: dict[Any, list[Event]] = {}
         for sub in list(self._live):
-            if not sub._attached:
+            if sub not in self._live:
                 continue  # ended by an earlier sink of this same loop
             flt = sub.filter
             matched = matched_by_filter.get(flt.key)
@@ -156,7 +163,17 @@ class Hub:
 
     @property
     def subscriptions(self) -> Iterable[Subscription]:
+        """The subscriptions on the live feed (or queuing for it at the seam)."""
         return list(self._live)
+
+    def attach(self, sub: Subscription) -> None:
+        """Put ``sub`` on the live feed (called by :class:`Subscription`: the registry is the
+        hub's, so only the hub writes it)."""
+        self._live[sub] = None
+
+    def detach(self, sub: Subscription) -> None:
+        """Take ``sub`` off the live feed; nothing if it is not on it."""
+        self._live.pop(sub, None)
 
 
 class Subscription:
@@ -165,7 +182,14 @@ class Subscription:
     log = Logger()
 
     def __init__(
-        self, hub: Hub, sink: Sink, flt: Filter, position: int, transport: str, page_size: int
+        self,
+        hub: Hub,
+        sink: Sink,
+        flt: Filter,
+        position: int,
+        transport: str,
+        page_size: int,
+        initial_gap: dict[str, Any] | None = None,
     ) -> None:
         self.hub = hub
         self.sink = sink
@@ -180,7 +204,8 @@ class Subscription:
         self._attached = False
         self._pending: list[Event] = []
         self._reading = False
-        self._initial_gap: dict[str, Any] | None = None
+        #: Told before anything else (``since`` was of another epoch, or expired).
+        self._initial_gap = initial_gap
         #: Set when ``sink.send`` raised: the offset before the events it failed to take.
         self._failed_at: int | None = None
 
@@ -225,12 +250,12 @@ class Subscription:
     def _attach(self) -> None:
         if not self._attached:
             self._attached = True
-            self.hub._live[self] = None
+            self.hub.attach(self)
 
     def _detach(self) -> None:
         if self._attached:
             self._attached = False
-            self.hub._live.pop(self, None)
+            self.hub.detach(self)
             self._pending.clear()
 
     def pause(self) -> None:
@@ -289,7 +314,7 @@ class Subscription:
 
     def _expired(self, resume: int) -> None:
         """Retention removed events this subscription had not reached: say so, skip to ``resume``."""
-        self.sink.gap(self.hub._gap("expired", self.hub.cursor(self.seen), resume), False)
+        self.sink.gap(self.hub.gap_message("expired", self.hub.cursor(self.seen), resume), False)
         self.seen = resume
 
     def _deliver(self, events: list[Event]) -> bool:
@@ -344,7 +369,7 @@ class Subscription:
         self.close()
         self.hub.stats.failed[self.transport] += 1
         try:
-            self.sink.gap(self.hub._gap("error", None, resume), final=True)
+            self.sink.gap(self.hub.gap_message("error", None, resume), final=True)
         except Exception:
             self.log.failure("{transport} subscriber's error gap failed too", transport=self.transport)
 
@@ -392,7 +417,7 @@ class Subscription:
             self._send(out)
 
     def _slow(self) -> None:
-        gap = self.hub._gap("slow", None, self.position)
+        gap = self.hub.gap_message("slow", None, self.position)
         self.hub.stats.slow[self.transport] += 1
         self.log.info(
             "{transport} subscriber too slow: ended with a gap at {cursor}",

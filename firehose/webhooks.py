@@ -49,9 +49,9 @@ from zope.interface import implementer
 
 from firehose import __version__
 from firehose._http import bearer_token, error_body, json_body
-from firehose.client import Backoff
+from firehose.backoff import Backoff
 from firehose.config import WebhookConfig, apply_config_table  # noqa: F401 (moved; re-exported)
-from firehose.cursor import CursorError
+from firehose.cursor import EARLIEST, NOW, CursorError, parse_since
 from firehose.event import Event, dumps, loads
 from firehose.filters import FilterError, parse_json
 from firehose.hub import Hub, Subscription
@@ -428,7 +428,7 @@ class _Delivery:
         self.stopped = False
         self.ended = False  # the hub ended the subscription (slow): resubscribe when drained
         self.backoff = Backoff(dispatcher.config.retry_initial, dispatcher.config.retry_max,
-                               rng=dispatcher.rng)
+                               rand=dispatcher.rand)
 
     def start(self) -> None:
         hub = self.dispatcher.hub
@@ -765,6 +765,8 @@ class WebhookDispatcher:
         (:class:`CheckedEndpointFactory`).
     :param clock: ``IReactorTime`` for retries, timeouts and timestamps (the reactor, unless
         ``agent`` is given).
+    :param rand: a function returning a float in [0, 1) for the retry jitter (tests pass
+        ``random.Random(0).random``); default :func:`random.random`.
     :param resolve: host name -> addresses for the default agent (tests).
     """
 
@@ -777,14 +779,14 @@ class WebhookDispatcher:
         store: Any,
         clock: Any,
         agent: Any = None,
-        rng: Any = None,
+        rand: Callable[[], float] | None = None,
         resolve: Resolve | None = None,
     ) -> None:
         self.hub = hub
         self.config = config
         self.store = store
         self.clock = clock
-        self.rng = rng
+        self.rand = rand
         self.allow = parse_networks(config.allow_networks)
         self._pool: Any = None
         if agent is None:
@@ -927,14 +929,14 @@ class WebhookDispatcher:
         """Register a hook; it receives events after ``since`` (default: from now on)."""
         check_url(url, self.allow)
         normal = check_filter(flt)
-        if since in (None, "", "now"):
+        start = parse_since(since)  # raises CursorError for anything but now, earliest, a cursor
+        if start == NOW:
             cursor: str | None = self.hub.head_cursor
-        elif since == "earliest":
-            cursor = "earliest"
+        elif start == EARLIEST:
+            cursor = EARLIEST
         else:
-            assert since is not None
-            self.hub._resolve(since)  # raises CursorError for a bad or future cursor
-            cursor = since
+            self.hub.resolve(since)  # raises CursorError for a cursor ahead of the stream
+            cursor = str(start)
         hid = hook_id or secrets.token_hex(6)
         if hid in self.hooks:
             raise WebhookError(f"a webhook {hid!r} already exists")

@@ -104,6 +104,29 @@ class HubTests(SynchronousTestCase):
         with self.assertRaises(CursorError):
             self.hub.subscribe(RecordingSink(), Filter.everything(), "yesterday", "test")
 
+    def test_resolve_reads_since_as_subscribe_does(self) -> None:
+        """``Hub.resolve`` (which a webhook uses to refuse a bad ``since`` at registration) reads
+        ``now``/empty/None as the head, ``earliest`` as before the oldest retained event, a cursor
+        as its offset, another epoch as the oldest with an ``epoch`` gap; and refuses the rest."""
+        self.append(1, 5)
+        for since in (None, "", "now"):
+            self.assertEqual(self.hub.resolve(since), (5, None))
+        self.assertEqual(self.hub.resolve("earliest"), (0, None))
+        self.assertEqual(self.hub.resolve("e1:3"), (3, None))
+        position, gap = self.hub.resolve("other:3")
+        self.assertEqual((position, gap and gap["reason"]), (0, "epoch"))
+        for bad in ("e1:6", "yesterday", "EARLIEST"):
+            with self.assertRaises(CursorError):
+                self.hub.resolve(bad)
+
+    def test_subscriptions_list_the_live_feed(self) -> None:
+        """A subscription is in ``Hub.subscriptions`` while on the live feed and leaves it when
+        closed: the hub owns that registry."""
+        _, sub = self.subscribe()
+        self.assertIn(sub, self.hub.subscriptions)
+        sub.close()
+        self.assertNotIn(sub, self.hub.subscriptions)
+
     def test_paused_subscriber_gets_queued_events_on_resume(self) -> None:
         """While its socket is full a subscriber queues events, and gets them all when it drains."""
         sink, sub = self.subscribe()

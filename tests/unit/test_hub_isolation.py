@@ -143,11 +143,11 @@ def test_a_raising_sink_ends_only_its_own_subscription(
         accepted = [e.offset for e in sink.events]
         if not sink.raised:
             assert accepted == expected
-            assert not sub.closed and sub in hub._live
+            assert not sub.closed and sub in hub.subscriptions
             assert all(not final for _, final in sink.gaps)
         else:
             event(f"a sink raised in {sink.method}")
-            assert sub.closed and sub not in hub._live
+            assert sub.closed and sub not in hub.subscriptions
             last, final = sink.gaps[-1]
             assert final and last["reason"] == "error"
             resume = int(last["cursor"].split(":")[1])
@@ -156,7 +156,7 @@ def test_a_raising_sink_ends_only_its_own_subscription(
     assert hub.stats.failed["t"] == failed
     assert hub.stats.subscribers["t"] == len(subs) - failed
     assert hub.stats.delivered["t"] == sum(len(sink.events) for _, sink, _ in subs)
-    assert set(hub._live) == {sub for sub, sink, _ in subs if not sink.raised}
+    assert set(hub.subscriptions) == {sub for sub, sink, _ in subs if not sink.raised}
 
 
 def test_publish_goes_on_after_a_raising_sink(monkeypatch: Any) -> None:
@@ -171,7 +171,7 @@ def test_publish_goes_on_after_a_raising_sink(monkeypatch: Any) -> None:
     monkeypatch.setattr(Subscription, "log", Logger(observer=logged.append))
     journal.append([make_event(1), make_event(2)])
     assert [e.offset for e in good.events] == [1, 2]
-    assert bad.gaps == [(hub._gap("error", None, 0), True)]
+    assert bad.gaps == [(hub.gap_message("error", None, 0), True)]
     assert [e["log_failure"].type for e in logged if "log_failure" in e] == [Boom]
 
 
@@ -187,7 +187,7 @@ def test_slow_subscriber_whose_final_gap_raises_is_closed_alone() -> None:
     hub.subscribe(good, Filter.everything(), None, "t").start()
     journal.append([make_event(s) for s in range(1, 5)])
     assert [e.offset for e in good.events] == [1, 2, 3, 4]
-    assert slow_sub.closed and slow_sub not in hub._live
+    assert slow_sub.closed and slow_sub not in hub.subscriptions
     assert [(g["reason"], final) for g, final in slow.gaps] == [("slow", True)]
     assert hub.stats.slow["t"] == 1 and hub.stats.subscribers["t"] == 1
 

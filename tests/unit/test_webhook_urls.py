@@ -303,7 +303,7 @@ class Wire:
         self.hub = Hub(self.journal)
         cfg = WebhookConfig(allow_networks=["127.0.0.0/8", "::1/128"], retry_initial=1, retry_max=1,
                             batch_size=5, **config)
-        self.dispatcher = WebhookDispatcher(self.hub, cfg, MemoryHookStore(), self.reactor, rng=random.Random(0),
+        self.dispatcher = WebhookDispatcher(self.hub, cfg, MemoryHookStore(), self.reactor, rand=random.Random(0).random,
                                             resolve=FakeResolver({"metadata.test": ["169.254.169.254"]}))
         self.dispatcher.start()
         self.connected = 0

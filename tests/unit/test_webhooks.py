@@ -57,7 +57,7 @@ class Setup:
         self.store = MemoryHookStore()
         cfg = WebhookConfig(retry_initial=1, retry_max=4, batch_size=5, **config)
         self.dispatcher = WebhookDispatcher(self.hub, cfg, self.store, self.clock, agent=RequestTraversalAgent(self.receiver),
-                                            rng=random.Random(0))
+                                            rand=random.Random(0).random)
         self.dispatcher.start()
 
     def append(self, first: int, last: int, **kw: Any) -> None:
