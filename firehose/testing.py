@@ -32,11 +32,14 @@ from typing import Any
 
 from twisted.internet import defer
 
-from firehose.client import Gap, RequestError, filter_dict
-from firehose.event import RESULT_NAMES, Event
+from firehose.client.common import Gap, RequestError, check_since, filter_dict
+from firehose.client.consumer import Consumer
+from firehose.cursor import EARLIEST, NOW, CursorError, parse_since
+from firehose.event import RESULT_NAMES, Event, dumps
 from firehose.filters import parse_json
 from firehose.hub import Hub, Subscription
 from firehose.journal import MemoryJournal
+from firehose.signing import signature_headers
 
 __all__ = ["FakeClient", "FakeFirehose", "try_push", "webhook_request"]
 
@@ -108,8 +111,7 @@ class FakeFirehose:
         flt = parse_json(filter_dict(filter, **fields))
         after = self._position(since)
         gaps = collections.deque((o, g) for o, g in self._gaps if o >= after)
-        events = [e for e in self.journal._events if e.offset > after]
-        for event in events:
+        for event in self._read_after(after):
             while gaps and gaps[0][0] < event.offset:
                 yield from self._surface(gaps.popleft()[1], on_gap)
             if flt.matches(event):
@@ -124,16 +126,26 @@ class FakeFirehose:
         else:
             yield gap
 
+    def _read_after(self, after: int) -> list[Event]:
+        """Every retained event after offset ``after``, through the journal's public
+        :meth:`~firehose.journal.IJournal.read` (a memory journal answers at once)."""
+        pages: list[list[Event]] = []
+        self.journal.read(after, max(0, self.journal.head - after)).addCallback(pages.append)
+        return pages[0]
+
     def _position(self, since: str | None) -> int:
-        if since in (None, "", "now"):
+        try:
+            where = parse_since(since)
+        except CursorError as exc:
+            raise RequestError("bad_cursor", str(exc)) from None
+        if where == NOW:
             return self.journal.head
-        if since == "earliest":
+        if where == EARLIEST:
             return 0
-        assert since is not None
-        epoch, _, offset = since.rpartition(":")
-        if epoch != self.journal.epoch or not offset.isdigit():
+        assert not isinstance(where, str)
+        if where.epoch != self.journal.epoch:
             raise RequestError("bad_cursor", f"{since!r} is not a cursor of this fake firehose")
-        return int(offset)
+        return where.offset
 
     def client(self, url: str = "fake://", filter: Mapping[str, Any] | None = None, since: str | None = None, *,
                on_event: Callable[[dict[str, Any]], Any] | None = None,
@@ -147,27 +159,33 @@ class FakeFirehose:
         return client
 
 
-class FakeClient:
-    """What :meth:`FakeFirehose.client` returns: the interface of ``FirehoseClient``."""
+class FakeClient(Consumer):
+    """What :meth:`FakeFirehose.client` returns: the interface of ``FirehoseClient``.
+
+    The user's side (callbacks, ``next()``/``async for``, :attr:`cursor`, :attr:`done`) is the
+    real client's own :class:`~firehose.client.consumer.Consumer`; only the source differs: a
+    hub subscription in memory instead of a WebSocket.  A cursor the hub refuses (ahead of the
+    stream) fails :attr:`done` with :class:`~firehose.client.RequestError`, as the server's
+    refusal does for the real client.
+    """
 
     def __init__(self, fake: FakeFirehose, flt: dict[str, list[str]], since: str | None,
                  on_event: Callable[[dict[str, Any]], Any] | None,
                  on_gap: Callable[[Gap], Any] | None) -> None:
+        self._since = check_since(since)
+        super().__init__(self._since, on_event, on_gap)
         self.fake = fake
         self.filter = flt
-        self.cursor = since if since not in ("", "now") else None
-        self.on_event = on_event
-        self.on_gap = on_gap
-        self.done: defer.Deferred[None] = defer.Deferred()
         self.connected = False
-        self._since = since
         self._sub: Subscription | None = None
-        self._queue: collections.deque[dict[str, Any]] = collections.deque()
-        self._waiting: list[defer.Deferred[dict[str, Any]]] = []
 
     def start(self) -> FakeClient:
         if self._sub is None and not self.done.called:
-            self._sub = self.fake.hub.subscribe(self, parse_json(self.filter), self._since, "fake")
+            try:
+                self._sub = self.fake.hub.subscribe(self, parse_json(self.filter), self._since, "fake")
+            except CursorError as exc:
+                self._finish(RequestError("bad_cursor", str(exc)))
+                return self
             self.connected = True
             if self.cursor is None:
                 self.cursor = self.fake.hub.head_cursor
@@ -181,11 +199,9 @@ class FakeClient:
         self.connected = False
         if self in self.fake._clients:
             self.fake._clients.remove(self)
-        waiting, self._waiting = self._waiting, []
-        for d in waiting:
-            d.errback(StopAsyncIteration())
-        if not self.done.called:
-            self.done.callback(None)
+        if self.done.called:
+            return self.done
+        self._finish(None)
         return defer.succeed(None)
 
     # The hub's sink.
@@ -200,41 +216,7 @@ class FakeClient:
         self._gap(Gap(gap))
 
     def _gap(self, gap: Gap) -> None:
-        if self.on_gap is not None:
-            self.cursor = gap.cursor
-            self.on_gap(gap)
-        elif self.on_event is None:
-            self._deliver(gap)
-
-    def _deliver(self, item: dict[str, Any]) -> None:
-        if self.on_event is not None and not isinstance(item, Gap):
-            self.cursor = item["id"]
-            self.on_event(item)
-        elif self._waiting:
-            self._advance(item)
-            self._waiting.pop(0).callback(item)
-        else:
-            self._queue.append(item)
-
-    def _advance(self, item: dict[str, Any]) -> None:
-        self.cursor = item.get("cursor") if isinstance(item, Gap) else item["id"]
-
-    def next(self) -> defer.Deferred[dict[str, Any]]:
-        if self._queue:
-            item = self._queue.popleft()
-            self._advance(item)
-            return defer.succeed(item)
-        if self.done.called:
-            return defer.fail(StopAsyncIteration())
-        d: defer.Deferred[dict[str, Any]] = defer.Deferred()
-        self._waiting.append(d)
-        return d
-
-    def __aiter__(self) -> FakeClient:
-        return self.start()
-
-    async def __anext__(self) -> dict[str, Any]:
-        return await self.next()
+        self._deliver(gap)
 
 
 def try_push(
@@ -315,14 +297,10 @@ def webhook_request(events: Iterable[Mapping[str, Any]], secret: str, hook: str 
                     now: float | None = None) -> tuple[bytes, dict[str, str]]:
     """A webhook delivery exactly as the server makes it: ``(body, headers)``, signed with
     ``secret``, for testing your receiver."""
-    from firehose.event import dumps
-    from firehose.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
-
     sent_at = int(time.time() if now is None else now)
     body = dumps({"hook": hook, "sent_at": sent_at, "events": list(events)})
     return body, {
         "Content-Type": "application/json",
         "X-Firehose-Hook": hook,
-        TIMESTAMP_HEADER: str(sent_at),
-        SIGNATURE_HEADER: sign(secret, body),
+        **signature_headers(secret, body, sent_at),
     }
