@@ -44,7 +44,7 @@ class ConfigError(ValueError):
     """A configuration problem, phrased for the person who wrote the configuration."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class Retention:
     """How much history to keep; ``None`` means no limit on that axis.
 

@@ -20,19 +20,27 @@ import sqlite3
 import time as _time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import Attribute, Interface, implementer
 
+from firehose.config import Retention
 from firehose.cursor import format_cursor
 from firehose.event import Event
 
 Listener = Callable[[list[Event]], None]
+
+
+class _Clock(Protocol):
+    """What a journal needs of a clock (an ``IReactorTime`` has it): the time, in seconds."""
+
+    def seconds(self) -> float: ...
 
 
 class JournalError(Exception):
@@ -99,14 +107,6 @@ class AppendResult:
     duplicates: int = 0
     #: Events whose ``seq`` skipped ahead of the last one seen (the master lost some).
     seq_gaps: int = 0
-
-
-@dataclass(frozen=True)
-class Retention:
-    """How much history to keep; ``None`` means no limit on that axis."""
-
-    max_age: float | None = 7 * 24 * 3600.0
-    max_events: int | None = 10_000_000
 
 
 class IJournal(Interface):
@@ -215,8 +215,12 @@ class _JournalBase:
 
     log = Logger()
 
-    def __init__(self, epoch: str, head: int, earliest: int, seqs: dict[tuple[str, str], int]):
+    def __init__(
+        self, epoch: str, head: int, earliest: int, seqs: dict[tuple[str, str], int], clock: _Clock
+    ) -> None:
         self._seq = _Sequencer(epoch, head, seqs)
+        #: When events are received (age retention) and when writes started failing.
+        self._clock = clock
         self.earliest = earliest
         self._listeners: list[Listener] = []
         self._pending: list[tuple[Sequence[dict[str, Any]], defer.Deferred[AppendResult]]] = []
@@ -339,7 +343,7 @@ class _JournalBase:
             error: JournalError = UnstorableBatch(f"the journal cannot store this batch: {failure.getErrorMessage()}")
         else:
             why = describe_storage_error(failure.value)
-            self.write_health.failed(why, _time.time())
+            self.write_health.failed(why, self._clock.seconds())
             error = JournalError(f"journal write failed: {why}")
         for _, bd in group:
             bd.errback(error)
@@ -361,10 +365,16 @@ class MemoryJournal(_JournalBase):
 
     ``retention`` applies on :meth:`trim` just as in the SQLite journal, so gap handling can be
     tested without a disk.
+
+    :param clock: when events are received, for age retention; a
+        :class:`twisted.internet.task.Clock` makes it testable.  Default: the wall clock
+        (no reactor is needed to use this journal).
     """
 
-    def __init__(self, epoch: str | None = None, retention: Retention | None = None) -> None:
-        super().__init__(epoch or _new_epoch(), 0, 1, {})
+    def __init__(
+        self, epoch: str | None = None, retention: Retention | None = None, clock: IReactorTime | None = None
+    ) -> None:
+        super().__init__(epoch or _new_epoch(), 0, 1, {}, clock if clock is not None else _WallClock())
         self._events: list[Event] = []
         self._received: list[float] = []  # arrival time of each event, for age retention
         self._retention = retention or Retention(max_age=None, max_events=None)
@@ -375,7 +385,7 @@ class MemoryJournal(_JournalBase):
         if self.fail_writes is not None:
             return defer.fail(self.fail_writes)
         self._events.extend(events)
-        self._received.extend([_time.time()] * len(events))
+        self._received.extend([self._clock.seconds()] * len(events))
         return defer.succeed(None)
 
     def read(self, after: int, limit: int) -> defer.Deferred[list[Event]]:
@@ -389,7 +399,7 @@ class MemoryJournal(_JournalBase):
         if keep is not None and len(self._events) > keep:
             removed = len(self._events) - keep
         if max_age is not None:
-            oldest_kept = _time.time() - max_age
+            oldest_kept = self._clock.seconds() - max_age
             while removed < len(self._received) and self._received[removed] < oldest_kept:
                 removed += 1
         del self._events[:removed]
@@ -426,6 +436,9 @@ class SQLiteJournal(_JournalBase):
     :param path: the database file; created with its directory's permissions if missing.
     :param synchronous: SQLite's ``synchronous`` setting.  ``FULL`` (default) makes an
         acknowledged batch survive a power cut; ``NORMAL`` survives a process crash only.
+    :param reactor: runs the writer and reader threads' results back in the reactor thread.
+    :param clock: when events are received (stored with them, for age retention) and when
+        writes started failing; default ``reactor``.  Read in the reactor thread only.
     """
 
     def __init__(
@@ -434,12 +447,14 @@ class SQLiteJournal(_JournalBase):
         reactor: Any = None,
         retention: Retention | None = None,
         synchronous: str = "FULL",
+        clock: IReactorTime | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
 
             reactor = _reactor
         self._reactor = reactor
+        clock = clock if clock is not None else reactor
         self.path = path
         self._retention = retention or Retention()
         try:
@@ -465,7 +480,7 @@ class SQLiteJournal(_JournalBase):
                 "epoch {epoch}; subscribers resuming from an older cursor will get an epoch gap",
                 path=path, epoch=epoch,
             )
-        super().__init__(epoch, head, earliest, seqs)
+        super().__init__(epoch, head, earliest, seqs, clock)
         for (master, incarnation), seq in seqs.items():
             self._seq.latest[master] = (incarnation, seq)
         self._writer = ThreadPool(1, 1, "firehose-journal-writer")
@@ -507,12 +522,13 @@ class SQLiteJournal(_JournalBase):
             (e.offset, e.type, e.obj["master"], e.obj["incarnation"], e.obj["seq"], e.encoded)
             for e in events
         ]
-        return deferToThreadPool(self._reactor, self._writer, self._store_sync, rows)
+        now = self._clock.seconds()
+        return deferToThreadPool(self._reactor, self._writer, self._store_sync, rows, now)
 
-    def _store_sync(self, rows: list[tuple[int, str, str, str, int, bytes]]) -> None:
+    def _store_sync(self, rows: list[tuple[int, str, str, str, int, bytes]], now: float) -> None:
+        """Store ``rows`` in one transaction; ``now`` is when they were received."""
         if not rows:
             return
-        now = _time.time()
         db = self._writer_db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -559,7 +575,9 @@ class SQLiteJournal(_JournalBase):
         ]
 
     def trim(self) -> defer.Deferred[int]:
-        d = deferToThreadPool(self._reactor, self._writer, self._trim_sync, self.head)
+        max_age = self._retention.max_age
+        cutoff = self._clock.seconds() - max_age if max_age is not None else None
+        d = deferToThreadPool(self._reactor, self._writer, self._trim_sync, self.head, cutoff)
 
         def trimmed(result: tuple[int, int]) -> int:
             removed, earliest = result
@@ -570,11 +588,12 @@ class SQLiteJournal(_JournalBase):
 
         return d.addCallback(trimmed)
 
-    def _trim_sync(self, head: int) -> tuple[int, int]:
+    def _trim_sync(self, head: int, cutoff: float | None) -> tuple[int, int]:
+        """Delete events received before ``cutoff`` and past ``max_events``."""
         db = self._writer_db
         removed = 0
-        if self._retention.max_age is not None:
-            cur = db.execute("DELETE FROM events WHERE received < ?", (_time.time() - self._retention.max_age,))
+        if cutoff is not None:
+            cur = db.execute("DELETE FROM events WHERE received < ?", (cutoff,))
             removed += cur.rowcount
         if self._retention.max_events is not None:
             cur = db.execute("DELETE FROM events WHERE offset <= ?", (head - self._retention.max_events,))
@@ -599,6 +618,14 @@ class SQLiteJournal(_JournalBase):
         self._reader.stop()
         self._writer_db.close()
         self._reader_db.close()
+
+
+class _WallClock:
+    """``seconds()`` from :func:`time.time`: the default clock of a journal used without a
+    reactor (a :class:`MemoryJournal` in a user's test)."""
+
+    def seconds(self) -> float:
+        return _time.time()
 
 
 def _new_epoch() -> str:

@@ -7,20 +7,23 @@ import sqlite3
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
 from firehose.event import Event
-from firehose.journal import IJournal, JournalError, MemoryJournal, Retention, SQLiteJournal
+from firehose.config import Retention
+from firehose.journal import IJournal, JournalError, MemoryJournal, SQLiteJournal
 from tests.unit.helpers import batch, make_event
 
 
 class JournalContract:
-    """Mixed into a TestCase that defines ``make_journal(retention=None)``."""
+    """Mixed into a TestCase that defines ``make_journal(retention=None, clock=None)``."""
 
     journal: Any
 
-    def make_journal(self, retention: Retention | None = None) -> Any:
+    def make_journal(self, retention: Retention | None = None, clock: IReactorTime | None = None) -> Any:
         raise NotImplementedError
 
     def setUp(self) -> None:
@@ -102,6 +105,26 @@ class JournalContract:
         self.assertEqual([e.offset for e in page], [8, 9, 10])
 
     @defer.inlineCallbacks
+    def test_retention_by_age_follows_the_clock(self) -> Any:
+        """Trimming drops the events received more than ``max_age`` seconds before the journal's
+        clock says now, and keeps the younger ones; nothing goes before its time."""
+        yield self.journal.close()
+        clock = Clock()
+        clock.advance(1000)
+        self.journal = self.make_journal(Retention(max_age=60.0, max_events=None), clock)
+        yield self.journal.append(batch(1, 3))
+        clock.advance(30)
+        yield self.journal.append(batch(4, 5))
+        removed = yield self.journal.trim()
+        self.assertEqual(removed, 0)
+        clock.advance(31)  # the first batch is now 61 s old, the second 31 s
+        removed = yield self.journal.trim()
+        self.assertEqual((removed, self.journal.earliest), (3, 4))
+        page = yield self.journal.read(0, 100)
+        self.assertEqual([e.offset for e in page], [4, 5])
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    @defer.inlineCallbacks
     def test_replayed_event_equals_published_event(self) -> Any:
         """An event read back has the same bytes, type and filter values as when published."""
         r = yield self.journal.append([make_event(1, branch="main", properties={"x": 1})])
@@ -113,15 +136,16 @@ class JournalContract:
 
 
 class MemoryJournalTests(JournalContract, TestCase):
-    def make_journal(self, retention: Retention | None = None) -> MemoryJournal:
-        return MemoryJournal(epoch="e1", retention=retention)
+    def make_journal(self, retention: Retention | None = None, clock: IReactorTime | None = None) -> MemoryJournal:
+        return MemoryJournal(epoch="e1", retention=retention, clock=clock)
 
 
 class SQLiteJournalTests(JournalContract, TestCase):
-    def make_journal(self, retention: Retention | None = None) -> SQLiteJournal:
+    def make_journal(self, retention: Retention | None = None, clock: IReactorTime | None = None) -> SQLiteJournal:
         self.path = os.path.join(self.mktemp() if not hasattr(self, "path") else os.path.dirname(self.path), "j.sqlite")
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        return SQLiteJournal(self.path, retention=retention or Retention(max_age=None, max_events=None))
+        # The global reactor runs the threads; ``clock`` (when given) only tells the time.
+        return SQLiteJournal(self.path, retention=retention or Retention(max_age=None, max_events=None), clock=clock)
 
     @defer.inlineCallbacks
     def test_reopen_keeps_events_epoch_and_dedup(self) -> Any:
@@ -165,7 +189,7 @@ class SQLiteJournalTests(JournalContract, TestCase):
         yield self.journal.append(batch(1, 2))
         real = self.journal._store_sync
 
-        def broken(rows: Any) -> None:
+        def broken(rows: Any, now: float) -> None:
             raise sqlite3.OperationalError("disk I/O error")
 
         self.journal._store_sync = broken
@@ -197,7 +221,7 @@ class ReadBoundTests(TestCase):
             event = Event.build(3, f"{journal.epoch}:3", type="build.started", master="m1",
                                 incarnation="i1", seq=3, time=1.0, data={"buildid": 3, "number": 3, "builder": "b"})
             # Commit a row the way the writer thread does, without the reactor-side announcement.
-            journal._store_sync([(3, event.type, "m1", "i1", 3, event.encoded)])
+            journal._store_sync([(3, event.type, "m1", "i1", 3, event.encoded)], 0.0)
             return journal.read(0, 10)
 
         d.addCallback(appended)
@@ -207,11 +231,25 @@ class ReadBoundTests(TestCase):
 
 class MemoryRetentionTests(TestCase):
     def test_memory_journal_applies_age_retention(self) -> None:
-        """``max_age`` removes old events from the in-memory journal too."""
+        """``max_age`` removes old events from the in-memory journal too (its default clock is
+        the wall clock, so events received a moment ago are older than an age of 0)."""
         journal = MemoryJournal(epoch="e1", retention=Retention(max_age=0.0, max_events=None))
         self.successResultOf(journal.append(batch(1, 5)))
         self.assertEqual(self.successResultOf(journal.trim()), 5)
         self.assertEqual((journal.earliest, journal.head), (6, 5))
+
+    def test_write_failure_is_dated_by_the_clock(self) -> None:
+        """``write_health.since`` is the journal clock's time of the first failed write."""
+        clock = Clock()
+        clock.advance(500)
+        journal = MemoryJournal(epoch="e1", clock=clock)
+        journal.fail_writes = OSError(28, "No space left on device")
+        self.failureResultOf(journal.append(batch(1, 1)), JournalError)
+        self.flushLoggedErrors(OSError)
+        clock.advance(10)
+        self.failureResultOf(journal.append(batch(1, 1)), JournalError)
+        self.flushLoggedErrors(OSError)
+        self.assertEqual((journal.write_health.since, journal.write_health.failures), (500.0, 2))
 
 
 class GroupCommitDedupTests(TestCase):
