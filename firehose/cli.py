@@ -11,20 +11,35 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from firehose import __version__
 
-if TYPE_CHECKING:
-    from firehose.service import Config
-
-# Kept in step with firehose.service, which the client commands never import (it is slow to
-# import: it brings autobahn and the whole site).
-DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
-TOKENS_ENV = "FIREHOSE_MASTER_TOKENS"
+# firehose.config imports nothing of Twisted, so the client commands stay fast to start;
+# firehose.service (autobahn and the whole site) is imported only to serve.
+from firehose.config import (
+    ADMIN_TOKEN_ENV,
+    DEFAULT_DB,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_LISTEN,
+    DEFAULT_MAX_BODY,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_PER_ADDRESS,
+    DEFAULT_REQUEST_TIMEOUT,
+    TOKENS_ENV,
+    Config,
+    ConfigError,
+    Retention,
+    check_config,
+    check_limit,
+    load_config_file,
+    parse_token,
+    tokens_from_env,
+)
 
 
 def _parser() -> argparse.ArgumentParser:
+    retention = Retention()
     parser = argparse.ArgumentParser(prog="firehose", description="A live event firehose for Buildbot.")
     parser.add_argument("--version", action="version", version=f"firehose {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -37,22 +52,22 @@ def _parser() -> argparse.ArgumentParser:
         "Command-line values override the config file, which overrides the environment.",
     )
     serve.add_argument("--listen", metavar="ENDPOINT", help=f"Twisted endpoint string (default {DEFAULT_LISTEN})")
-    serve.add_argument("--db", metavar="PATH", help="SQLite journal file (default firehose.sqlite; ':memory:' keeps nothing)")
+    serve.add_argument("--db", metavar="PATH", help=f"SQLite journal file (default {DEFAULT_DB}; ':memory:' keeps nothing)")
     serve.add_argument(
         "--master-token", metavar="NAME=TOKEN", action="append", default=[],
         help="allow master NAME to ingest with bearer TOKEN (repeatable)",
     )
     serve.add_argument("--config", metavar="FILE", help="TOML config file (see docs/server.md)")
-    serve.add_argument("--max-body", metavar="BYTES", type=int, help="largest ingest body accepted (default 1 MiB)")
-    serve.add_argument("--retention-days", metavar="DAYS", type=float, help="drop events older than this (default 7)")
-    serve.add_argument("--retention-events", metavar="N", type=int, help="keep at most N events (default 10,000,000)")
+    serve.add_argument("--max-body", metavar="BYTES", type=int, help=f"largest ingest body accepted (default {_size(DEFAULT_MAX_BODY)})")
+    serve.add_argument("--retention-days", metavar="DAYS", type=float, help=f"drop events older than this (default {_days(retention.max_age)})")
+    serve.add_argument("--retention-events", metavar="N", type=int, help=f"keep at most N events (default {_count(retention.max_events)})")
     serve.add_argument(
         "--synchronous", choices=["FULL", "NORMAL"],
         help="FULL (default): an acknowledged batch survives a power cut; NORMAL: a process crash only",
     )
     serve.add_argument(
         "--webhook-admin-token", metavar="TOKEN",
-        help="bearer token of the webhook API /api/webhooks (or FIREHOSE_WEBHOOK_ADMIN_TOKEN; "
+        help=f"bearer token of the webhook API /api/webhooks (or {ADMIN_TOKEN_ENV}; "
         "without one the API is off)",
     )
     serve.add_argument(
@@ -63,19 +78,22 @@ def _parser() -> argparse.ArgumentParser:
     limits = serve.add_argument_group("limits", "what one client may hold (see docs/server.md#limits)")
     limits.add_argument(
         "--max-connections", metavar="N", type=int,
-        help="open connections in all; past it: 503 (default 10,000, or 90%% of the open file limit)",
+        help=f"open connections in all; past it: 503 (default {DEFAULT_MAX_CONNECTIONS:,}, "
+        "or 90%% of the open file limit)",
     )
     limits.add_argument(
         "--max-connections-per-address", metavar="N", type=int,
-        help="open connections per client address; past it: 429 (default 256; 0: no limit, for a proxy)",
+        help=f"open connections per client address; past it: 429 (default {DEFAULT_MAX_PER_ADDRESS}; "
+        "0: no limit, for a proxy)",
     )
     limits.add_argument(
         "--request-timeout", metavar="SECONDS", type=float,
-        help="a request (line, headers, body) must arrive within this of its first byte; past it: 408 (default 10)",
+        help="a request (line, headers, body) must arrive within this of its first byte; past it: 408 "
+        f"(default {DEFAULT_REQUEST_TIMEOUT:g})",
     )
     limits.add_argument(
         "--idle-timeout", metavar="SECONDS", type=float,
-        help="close a keep-alive connection quiet between requests for this long (default 60)",
+        help=f"close a keep-alive connection quiet between requests for this long (default {DEFAULT_IDLE_TIMEOUT:g})",
     )
     from firehose.cli_tools import add_commands
 
@@ -83,22 +101,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _size(n: int) -> str:
+    return f"{n // (1024 * 1024)} MiB" if n % (1024 * 1024) == 0 else f"{n:,} bytes"
+
+
+def _days(seconds: float | None) -> str:
+    return "none" if seconds is None else f"{seconds / 86400:g}"
+
+
+def _count(n: int | None) -> str:
+    return "none" if n is None else f"{n:,}"
+
+
 def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Config:
     """Environment, then config file, then flags: each later one wins."""
-    from firehose.journal import Retention
-    from firehose.service import (
-        Config,
-        ConfigError,
-        check_config,
-        check_limit,
-        load_config_file,
-        parse_token,
-        tokens_from_env,
-    )
-
     config = Config(tokens=tokens_from_env(environ))
-    from firehose.webhooks import ADMIN_TOKEN_ENV
-
     config.webhooks.admin_token = (environ if environ is not None else os.environ).get(ADMIN_TOKEN_ENV) or None
     if args.config:
         load_config_file(args.config, config)
@@ -142,7 +159,7 @@ def _serve(config: Config) -> int:
     )
 
     from firehose.journal import JournalError
-    from firehose.service import ConfigError, FirehoseServer
+    from firehose.service import FirehoseServer
 
     observer = FilteringLogObserver(
         textFileLogObserver(sys.stderr), [LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)]
@@ -183,8 +200,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parse_args(parser, argv)
     if args.command == "serve":
-        from firehose.service import ConfigError
-
         try:
             config = config_from_args(args)
         except ConfigError as exc:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from firehose.cli import _parser, config_from_args, main
-from firehose.service import Config, ConfigError, load_config_file, parse_token, tokens_from_env
+from firehose.config import Config, ConfigError, load_config_file, parse_token, tokens_from_env
 
 
 def config(argv: list[str], environ: dict[str, str] | None = None) -> Config:
@@ -61,11 +64,30 @@ def test_bad_config_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert "NAME=TOKEN" in capsys.readouterr().err
 
 
-def test_cli_constants_match_the_service() -> None:
-    """The CLI keeps copies of two constants (to stay fast to import); they must not drift."""
-    from firehose import cli, service
+def test_config_and_cli_import_nothing_of_twisted() -> None:
+    """``firehose.config`` (and so the CLI reading flags and files) imports no Twisted or
+    autobahn: the CLI's client commands and users' tools read settings without the server."""
+    code = (
+        "import sys, firehose.config, firehose.cli; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('twisted', 'autobahn')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
-    assert (cli.DEFAULT_LISTEN, cli.TOKENS_ENV) == (service.DEFAULT_LISTEN, service.TOKENS_ENV)
+
+def test_webhooks_table_is_read_into_the_config(tmp_path) -> None:
+    """``[webhooks]`` settings and hooks reach ``config.webhooks``; a bad hook is a config error
+    naming the file and the hook."""
+    path = tmp_path / "f.toml"
+    path.write_text('[webhooks]\nmax_failures = 3\nallow_networks = ["10.0.0.0/8"]\n'
+                    '[webhooks.hooks.h1]\nurl = "https://example.com/x"\nsecret = "s"\n')
+    c = load_config_file(str(path), Config())
+    assert (c.webhooks.max_failures, c.webhooks.allow_networks) == (3, ["10.0.0.0/8"])
+    assert c.webhooks.hooks["h1"]["url"] == "https://example.com/x"
+    path.write_text('[webhooks.hooks.h2]\nurl = "ftp://example.com/"\nsecret = "s"\n')
+    with pytest.raises(ConfigError, match=r"webhooks\.hooks\.h2") as info:
+        load_config_file(str(path), Config())
+    assert str(path) in str(info.value)
 
 
 def test_two_masters_with_one_token_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
