@@ -10,11 +10,11 @@ retried batch is answered the same way, its events counted as duplicates).
 from __future__ import annotations
 
 import hmac
-import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
@@ -50,14 +50,15 @@ class MasterTokens:
 
 
 class IngestStats:
-    """Counters for /metrics: per master, and rejections by reason."""
+    """Counters for /metrics: per master, and rejections by reason.  Plain values, written by
+    :class:`IngestResource` and read by the metrics collector at scrape time."""
 
     def __init__(self) -> None:
         self.accepted: Counter[str] = Counter()
         self.duplicates: Counter[str] = Counter()
         self.seq_gaps: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
-        #: Per master, the ``time`` of its newest event and when it arrived.
+        #: Per master, the ``time`` of its newest event and when it arrived (the clock's time).
         self.last_event_time: dict[str, float] = {}
         self.last_received: dict[str, float] = {}
 
@@ -66,19 +67,21 @@ class IngestResource(Resource):
     """The ingest endpoint.
 
     :param max_body: the largest body accepted, in bytes (larger ones get 413 unread).
+    :param clock: dates each master's last accepted batch (``stats.last_received``).
     """
 
     isLeaf = True
     log = Logger()
 
     def __init__(
-        self, journal: IJournal, tokens: MasterTokens, max_body: int, stats: IngestStats
+        self, journal: IJournal, tokens: MasterTokens, max_body: int, stats: IngestStats, clock: IReactorTime
     ) -> None:
         super().__init__()
         self.journal = journal
         self.tokens = tokens
         self.max_body = max_body
         self.stats = stats
+        self.clock = clock
 
     def render_POST(self, request: Request) -> bytes | int:
         master = self._authenticate(request)
@@ -106,9 +109,10 @@ class IngestResource(Resource):
                     else f"unknown master {name!r}"
                 )
                 return self._reject(request, 403, "wrong_master", f"batch[{i}]: {why}")
+        gone = _watch(request)
         d = self.journal.append(batch)
-        d.addCallbacks(self._stored, self._failed, callbackArgs=(request, master, batch),
-                       errbackArgs=(request,))
+        d.addCallbacks(self._stored, self._failed, callbackArgs=(request, gone, master, batch),
+                       errbackArgs=(request, gone))
         return NOT_DONE_YET
 
     def _authenticate(self, request: Request) -> str | bytes:
@@ -130,7 +134,9 @@ class IngestResource(Resource):
         self.log.info("ingest rejected ({code} {error}): {message}", code=code, error=error, message=message)
         return error_body(request, code, error, message)
 
-    def _stored(self, result: AppendResult, request: Request, master: str, batch: list[Any]) -> None:
+    def _stored(
+        self, result: AppendResult, request: Request, gone: Callable[[], bool], master: str, batch: list[Any]
+    ) -> None:
         stats = self.stats
         stats.accepted[master] += len(result.accepted)
         stats.duplicates[master] += result.duplicates
@@ -138,7 +144,7 @@ class IngestResource(Resource):
         stats.last_event_time[master] = max(
             stats.last_event_time.get(master, 0.0), max(e["time"] for e in batch)
         )
-        stats.last_received[master] = time.time()
+        stats.last_received[master] = self.clock.seconds()
         if result.seq_gaps:
             self.log.warn("master {master} skipped sequence numbers in {n} places", master=master, n=result.seq_gaps)
         last = format_cursor(self.journal.epoch, self.journal.head)
@@ -147,9 +153,9 @@ class IngestResource(Resource):
             200,
             {"accepted": len(result.accepted), "duplicates": result.duplicates, "cursor": last},
         )
-        _finish(request, body)
+        _finish(request, gone, body)
 
-    def _failed(self, failure: Failure, request: Request) -> None:
+    def _failed(self, failure: Failure, request: Request, gone: Callable[[], bool]) -> None:
         """A batch the journal cannot store because of what it holds is the master's fault, for
         good: 422, which the plugin drops rather than retrying forever (the checks above should
         make this unreachable).  Anything else is the storage's fault, for now: 503 and retry."""
@@ -160,12 +166,20 @@ class IngestResource(Resource):
             self.stats.rejected["unavailable"] += 1
             body = error_body(request, 503, "unavailable", f"journal unavailable: {failure.getErrorMessage()}")
             request.setHeader(b"retry-after", b"1")
-        _finish(request, body)
+        _finish(request, gone, body)
 
 
-def _finish(request: Request, body: bytes) -> None:
+def _watch(request: Request) -> Callable[[], bool]:
+    """Whether the client has gone away since: ``notifyFinish``'s errback (Twisted's public way
+    to hear of a lost connection) sets the flag."""
+    lost: list[Failure] = []
+    request.notifyFinish().addErrback(lost.append)
+    return lambda: bool(lost)
+
+
+def _finish(request: Request, gone: Callable[[], bool], body: bytes) -> None:
     """Write and finish unless the client already went away (the write happened anyway)."""
-    if request.finished or request._disconnected:
+    if request.finished or gone():
         return
     request.write(body)
     request.finish()

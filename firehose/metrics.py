@@ -6,31 +6,53 @@ metric families when Prometheus asks, so metrics cost nothing per event.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from firehose.hub import Hub
 from firehose.ingest import IngestStats
 from firehose.journal import IJournal
+from firehose.limits import ConnectionLimits
 
 TRANSPORTS = ("websocket", "sse", "longpoll")
 
 
 class FirehoseCollector:
+    """Every metric family, computed from the parts' own counters when Prometheus scrapes.
+
+    :param journal_bytes: the journal's size on disk (0 for one that has none).
+    :param clock: "now" of the lag and silence gauges; the global reactor when ``None``.
+    :param connections: the listening factory's counts (open connections, refusals); without
+        one (a site that is not listening) those families are left out.
+    """
+
     def __init__(
-        self, hub: Hub, journal: IJournal, ingest: IngestStats, journal_bytes: Callable[[], int]
+        self,
+        hub: Hub,
+        journal: IJournal,
+        ingest: IngestStats,
+        journal_bytes: Callable[[], int],
+        *,
+        clock: IReactorTime | None = None,
+        connections: ConnectionLimits | None = None,
     ) -> None:
+        if clock is None:
+            from twisted.internet import reactor as _reactor
+
+            clock = _reactor
         self.hub = hub
         self.journal = journal
         self.ingest = ingest
         self.journal_bytes = journal_bytes
+        self.clock: IReactorTime = clock
+        self.connections = connections
 
     def collect(self) -> Iterator[Metric]:
         stats, ingest = self.hub.stats, self.ingest
@@ -53,7 +75,7 @@ class FirehoseCollector:
             "firehose_master_last_seq", "Last seq accepted from the master's newest incarnation.",
             {m: s for m, (_, s) in seqs.items()}, GaugeMetricFamily,
         )
-        now = time.time()
+        now = self.clock.seconds()
         yield per_master(
             "firehose_master_lag_seconds", "Now minus the time of the master's newest event.",
             {m: max(0.0, now - t) for m, t in ingest.last_event_time.items()}, GaugeMetricFamily,
@@ -93,6 +115,22 @@ class FirehoseCollector:
             "firehose_journal_writable", "1 while journal writes reach storage, 0 after a storage fault.",
             value=1 if writes.writable else 0,
         )
+        yield from self._connection_metrics()
+
+    def _connection_metrics(self) -> Iterator[Metric]:
+        """What :class:`~firehose.limits.ConnectionLimits` counts: open connections, refusals."""
+        if self.connections is None:
+            return
+        yield GaugeMetricFamily(
+            "firehose_connections_open", "Open client connections (refused ones not counted).",
+            value=len(self.connections.protocols),
+        )
+        refused = CounterMetricFamily(
+            "firehose_connections_refused", "Connections refused past a limit, by reason.", labels=["reason"]
+        )
+        for reason, n in sorted(self.connections.refused.items()):
+            refused.add_metric([reason], n)
+        yield refused
 
 
 class MetricsResource(Resource):

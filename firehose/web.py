@@ -1,4 +1,10 @@
-"""The HTTP site: which resource answers which path, and the site-wide body limit."""
+"""The HTTP site: which resource answers which path, the site-wide body limit, and the listening
+factory that counts and limits connections.
+
+:func:`build_site` is the one place the site is assembled: it is given every part it mounts
+(hub, journal, state, tokens, stats, the webhook API) and the clock, and builds nothing a
+caller would have to feed.
+"""
 
 from __future__ import annotations
 
@@ -15,10 +21,16 @@ from twisted.web.static import File
 from firehose import __version__
 from firehose._http import allow_cors, json_body
 from firehose.api import ApiResource
+from firehose.config import (
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_BODY,
+    DEFAULT_MAX_PER_ADDRESS,
+    DEFAULT_REQUEST_TIMEOUT,
+)
 from firehose.hub import Hub
 from firehose.ingest import IngestResource, IngestStats, MasterTokens
 from firehose.journal import IJournal
-from firehose.limits import DEFAULT_IDLE_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, DeadlineChannel
+from firehose.limits import ConnectionLimits, DeadlineChannel, default_max_connections
 from firehose.metrics import FirehoseCollector, MetricsResource
 from firehose.schema import BATCH_SCHEMA, DELIVERED_SCHEMA
 from firehose.state import BuildState
@@ -127,6 +139,9 @@ class FirehoseSite(Site):
     :param reactor: the clock of both.
     """
 
+    #: The factory to listen with: this site behind the connection limits (see :func:`build_site`).
+    connections: ConnectionLimits
+
     requestFactory = LimitedRequest
     # HTTP/1.1 only (h2 is no dependency): the plain channel, so every connection has the deadline.
     protocol = DeadlineChannel  # type: ignore[assignment]
@@ -155,27 +170,51 @@ def build_site(
     journal: IJournal,
     tokens: MasterTokens,
     clock: IReactorTime,
-    max_body: int = 1024 * 1024,
-    ingest_stats: IngestStats | None = None,
-    journal_bytes: Any = lambda: 0,
-    health: Any = None,
     state: BuildState | None = None,
+    max_body: int = DEFAULT_MAX_BODY,
+    ingest_stats: IngestStats | None = None,
+    webhook_api: Resource | None = None,
+    max_connections: int | None = None,
+    max_connections_per_address: int = DEFAULT_MAX_PER_ADDRESS,
+    request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
+    idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
 ) -> FirehoseSite:
-    """Assemble every endpoint into one site."""
-    ingest_stats = ingest_stats or IngestStats()
+    """Assemble every endpoint into one site; listen with its :attr:`~FirehoseSite.connections`.
+
+    :param clock: every timer and "now" of the site: request deadlines, idle timeouts,
+        long-poll and SSE timers, WebSocket timers, ingest and metrics times.
+    :param state: the build state ``/api`` answers from, fed by its owner (rebuilt from the
+        journal and listening to it); without one there is no ``/api`` (a site for ingest and
+        streams only, as in some tests).
+    :param ingest_stats: the counters ingest writes and ``/metrics`` reads; new ones if ``None``.
+    :param webhook_api: the resource of ``/api/webhooks``, if the server runs webhooks.
+    :param max_connections: open connections in all; ``None``: :func:`default_max_connections`.
+    """
+    ingest_stats = ingest_stats if ingest_stats is not None else IngestStats()
     static = static_resource(str(importlib.resources.files("firehose") / "static"))
     root = _Root(static)
-    root.putChild(b"ingest", IngestResource(journal, tokens, max_body, ingest_stats))
-    root.putChild(b"ws", websocket_resource(hub))
+    root.putChild(b"ingest", IngestResource(journal, tokens, max_body, ingest_stats, clock))
+    root.putChild(b"ws", websocket_resource(hub, clock))
     root.putChild(b"sse", SSEResource(hub, clock))
     root.putChild(b"poll", PollResource(hub, clock))
-    root.putChild(b"api", ApiResource(state or BuildState(), hub, clock))
+    if state is not None or webhook_api is not None:
+        api = ApiResource(state, hub, clock) if state is not None else Resource()
+        if webhook_api is not None:
+            api.putChild(b"webhooks", webhook_api)
+        root.putChild(b"api", api)
     root.putChild(b"schema", _JSONResource(lambda: {"batch": BATCH_SCHEMA, "event": DELIVERED_SCHEMA}))
-    root.putChild(b"health", _JSONResource(health or (lambda: _health(hub, journal))))
-    root.putChild(
-        b"metrics", MetricsResource(FirehoseCollector(hub, journal, ingest_stats, journal_bytes))
+    root.putChild(b"health", _JSONResource(lambda: _health(hub, journal)))
+    site = FirehoseSite(root, max_body, request_timeout=request_timeout, idle_timeout=idle_timeout, reactor=clock)
+    site.connections = ConnectionLimits(
+        site, max_connections or default_max_connections(), max_connections_per_address, clock
     )
-    return FirehoseSite(root, max_body)
+    # Only an on-disk journal has a size (IJournal does not promise one).
+    journal_bytes = getattr(journal, "size_bytes", lambda: 0)
+    collector = FirehoseCollector(
+        hub, journal, ingest_stats, journal_bytes, clock=clock, connections=site.connections
+    )
+    root.putChild(b"metrics", MetricsResource(collector))
+    return site
 
 
 def _health(hub: Hub, journal: IJournal) -> dict[str, Any]:

@@ -307,5 +307,6 @@ class FirehoseWebSocketFactory(WebSocketServerFactory):
         )
 
 
-def websocket_resource(hub: Hub) -> WebSocketResource:
-    return WebSocketResource(FirehoseWebSocketFactory(hub))
+def websocket_resource(hub: Hub, clock: Any = None) -> WebSocketResource:
+    """``/ws`` on ``hub``; ``clock`` runs the command limits and autobahn's timers."""
+    return WebSocketResource(FirehoseWebSocketFactory(hub, reactor=clock))
