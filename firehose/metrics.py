@@ -7,7 +7,7 @@ metric families when Prometheus asks, so metrics cost nothing per event.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -21,6 +21,9 @@ from firehose.ingest import IngestStats
 from firehose.journal import IJournal
 from firehose.limits import ConnectionLimits
 
+if TYPE_CHECKING:
+    from firehose.webhooks.dispatcher import WebhookDispatcher
+
 TRANSPORTS = ("websocket", "sse", "longpoll")
 
 
@@ -31,6 +34,7 @@ class FirehoseCollector:
     :param clock: "now" of the lag and silence gauges; the global reactor when ``None``.
     :param connections: the listening factory's counts (open connections, refusals); without
         one (a site that is not listening) those families are left out.
+    :param webhooks: the webhook dispatcher; without one the webhook families are left out.
     """
 
     def __init__(
@@ -42,6 +46,7 @@ class FirehoseCollector:
         *,
         clock: IReactorTime | None = None,
         connections: ConnectionLimits | None = None,
+        webhooks: WebhookDispatcher | None = None,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor as _reactor
@@ -53,6 +58,8 @@ class FirehoseCollector:
         self.journal_bytes = journal_bytes
         self.clock: IReactorTime = clock
         self.connections = connections
+        #: The webhook dispatcher (hooks by state, deliveries); may be set after the site is built.
+        self.webhooks = webhooks
 
     def collect(self) -> Iterator[Metric]:
         stats, ingest = self.hub.stats, self.ingest
@@ -116,6 +123,7 @@ class FirehoseCollector:
             value=1 if writes.writable else 0,
         )
         yield from self._connection_metrics()
+        yield from self._webhook_metrics()
 
     def _connection_metrics(self) -> Iterator[Metric]:
         """What :class:`~firehose.limits.ConnectionLimits` counts: open connections, refusals."""
@@ -131,6 +139,28 @@ class FirehoseCollector:
         for reason, n in sorted(self.connections.refused.items()):
             refused.add_metric([reason], n)
         yield refused
+
+    def _webhook_metrics(self) -> Iterator[Metric]:
+        """Webhooks (a hub subscription each, not among ``TRANSPORTS``): how many hooks are
+        active and disabled, POSTs by outcome, events acknowledged."""
+        if self.webhooks is None:
+            return
+        hooks = GaugeMetricFamily("firehose_webhooks", "Registered webhooks, by state.", labels=["state"])
+        for state, n in sorted(self.webhooks.states().items()):
+            hooks.add_metric([state], n)
+        yield hooks
+        stats = self.webhooks.stats
+        posts = CounterMetricFamily(
+            "firehose_webhook_deliveries", "Webhook POSTs, by result (failed: retried or disabling).",
+            labels=["result"],
+        )
+        posts.add_metric(["delivered"], stats.delivered)
+        posts.add_metric(["failed"], stats.failed)
+        yield posts
+        yield CounterMetricFamily(
+            "firehose_webhook_events_delivered", "Events in webhook POSTs the receiver acknowledged.",
+            value=stats.events,
+        )
 
 
 class MetricsResource(Resource):
