@@ -14,7 +14,6 @@ setup(
     install_requires=[
         "twisted>=24.7",
         "autobahn>=24.4",
-        "simplejson>=3.19",
         "orjson>=3.9",
         "fastjsonschema>=2.19",
         "prometheus-client>=0.20",

@@ -28,10 +28,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import simplejson
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall
 from twisted.python import log
+
+from firehose.backoff import Backoff
+from firehose.event import dumps, loads
 
 #: ``sender(body) -> Deferred[(status code, response body)]``; failing means "not delivered".
 Sender = Callable[[bytes], "defer.Deferred[tuple[int, bytes]]"]
@@ -83,7 +85,7 @@ def _read_segment(path: str) -> list[Item]:
             if not raw:
                 continue
             try:
-                obj = simplejson.loads(raw)
+                obj = loads(raw)
                 items.append(Item(obj["master"], obj["incarnation"], int(obj["seq"]), raw))
             except (ValueError, KeyError, TypeError):
                 log.msg(f"firehose: skipping an unreadable line in spool segment {path}")
@@ -141,7 +143,8 @@ class Outbox:
     :param spool_after: while the server is failing, events older than this spill to disk, so a
         crash during an outage loses at most this much.
     :param backoff_initial: first retry delay; doubles per failure up to ``backoff_max``, with
-        jitter (each delay is between 50% and 100% of the nominal one).
+        jitter (each delay is between 50% and 100% of the nominal one: :class:`Backoff`).
+    :param rand: the jitter's random source, ``[0, 1)`` (tests pass a constant).
     :param segment_max_bytes: size of one spool file.
     """
 
@@ -173,10 +176,9 @@ class Outbox:
         self.memory_max_bytes = memory_max_bytes
         self.spool_max_bytes = spool_max_bytes
         self.spool_after = spool_after
-        self.backoff_initial = backoff_initial
-        self.backoff_max = backoff_max
         self.segment_max_bytes = segment_max_bytes
-        self.rand = rand
+        #: The delay after each failed delivery; reset by a delivery that succeeds.
+        self.backoff = Backoff(backoff_initial, backoff_max, rand=rand)
 
         self._memory: collections.deque[tuple[Item, float]] = collections.deque()
         self._memory_bytes = 0
@@ -305,6 +307,7 @@ class Outbox:
                     self._ack(len(batch), from_spool)
                     if outcome == "ok":
                         self._failures = 0
+                        self.backoff.reset()
                         self._split = None
                         self.stats["delivered"] += len(batch)
                     yield self._trim_head()
@@ -316,7 +319,7 @@ class Outbox:
                         continue
                     if self._spill_needed():
                         yield self._spill(self._spill_count())
-                    yield self._wait(self._backoff(), "backoff")
+                    yield self._wait(self.backoff.next(), "backoff")
             # Stopping: everything still in memory goes to disk for the next run.
             if self._memory:
                 yield self._spill(len(self._memory))
@@ -326,10 +329,6 @@ class Outbox:
             if self._stop_deadline is not None and self._stop_deadline.active():
                 self._stop_deadline.cancel()
             self._stop_deadline = None
-
-    def _backoff(self) -> float:
-        nominal = min(self.backoff_max, self.backoff_initial * (2 ** min(self._failures - 1, 30)))
-        return nominal * (0.5 + self.rand() / 2)
 
     def _wait(self, delay: float | None, reason: str) -> defer.Deferred[None]:
         """Sleep until ``delay`` passes (``None``: forever) or :meth:`_wake` is called."""
@@ -560,7 +559,7 @@ class Outbox:
                     f"firehose: ERROR: DROPPED {d['count']} events of {d['master']} incarnation "
                     f"{d['incarnation']} seq {d['first_seq']}..{d['last_seq']}: {d['reason']}"
                 )
-        lines = [simplejson.dumps(d).encode("utf-8") for d in drops]
+        lines = [dumps(d) for d in drops]
         try:
             yield self.run_in_thread(_append_lines, os.path.join(self.spool_dir, "dropped.jsonl"), lines)
         except OSError as exc:

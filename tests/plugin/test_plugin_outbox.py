@@ -112,6 +112,37 @@ def test_retry_with_exponential_backoff(clock: task.Clock, tmp_path: Any) -> Non
     finish(ob, clock)
 
 
+def test_backoff_jitter_floor_and_reset_after_success(clock: task.Clock, tmp_path: Any) -> None:
+    """Each delay is at least half the nominal one (``rand`` 0 gives exactly half), and a
+    delivery that succeeds starts the next outage's backoff from the first delay again."""
+    server = FakeServer()
+    server.code = 503
+    ob = Outbox(sender=server, spool_dir=str(tmp_path / "spool"), reactor=clock, rand=lambda: 0.0,
+                flush_interval=0.1, backoff_max=4.0, spool_after=1000.0)
+    ob.start()
+
+    def next_delay() -> float:
+        (call,) = clock.getDelayedCalls()
+        delay = round(call.getTime() - clock.seconds(), 3)
+        clock.advance(delay)
+        return delay
+
+    ob.put(item(1))
+    clock.advance(0.1)
+    assert [next_delay() for _ in range(4)] == [0.25, 0.5, 1.0, 2.0]
+    server.code = 200
+    next_delay()
+    assert server.seqs == [1]
+    server.code = 503
+    ob.put(item(2))
+    clock.advance(0.1)
+    assert next_delay() == 0.25
+    server.code = 200
+    next_delay()
+    assert server.seqs == [1, 2]
+    finish(ob, clock)
+
+
 def test_auth_failure_keeps_events(clock: task.Clock, tmp_path: Any) -> None:
     """401/403 are retried (misconfiguration must not lose data)."""
     server = FakeServer()
