@@ -49,7 +49,6 @@ from firehose.client.waiting import (
     OK_RESULTS,
     RevisionTracker,
     WaitResult,
-    _glob,  # noqa: F401  (tests/unit/test_filters_property.py)
     wait,
 )
 

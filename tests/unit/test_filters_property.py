@@ -17,7 +17,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from firehose.client import _glob
+from firehose.client.waiting import _glob
 from firehose.filters import GlobSet, parse_json
 
 #: Characters special to regexes or to fnmatch and a non-ASCII letter: all literal here.
