@@ -80,13 +80,16 @@ def loads(data: bytes | str) -> Any:
 class Event:
     """One journaled event: its offset in the journal and its encoded JSON.
 
+    It holds nothing of any transport: each transport frames the bytes its own way, once per
+    event, in its own cache (:mod:`firehose.transports.frames`).
+
     :param offset: position in the journal, strictly increasing.
     :param cursor: the opaque cursor string of this event (its public ``id``).
     :param encoded: the JSON object delivered to subscribers, encoded once.
     :param fields: the decoded object, when the creator already has it (saves a decode).
     """
 
-    __slots__ = ("offset", "cursor", "type", "encoded", "_obj", "_fields", "ws_frame", "sse_frame")
+    __slots__ = ("offset", "cursor", "type", "encoded", "_obj", "_fields")
 
     def __init__(
         self,
@@ -102,10 +105,6 @@ class Event:
         self.encoded = encoded
         self._obj = obj
         self._fields: dict[str, tuple[str, ...]] = {}
-        #: Transport caches (a prepared WebSocket frame, an SSE frame), made by the first
-        #: subscriber of that transport and shared by all the others.
-        self.ws_frame: Any = None
-        self.sse_frame: bytes | None = None
 
     @classmethod
     def build(

@@ -19,30 +19,29 @@ from firehose.event import Event, dumps
 from firehose.filters import parse_query
 from firehose.hub import Hub, Subscription
 from firehose.transports import SubscriptionProducer
+from firehose.transports.frames import FrameCache
 
 RESERVED = ("since",)
 
 
 def sse_frame(event: Event) -> bytes:
-    """The event as one SSE message, made once per event and shared by every SSE subscriber."""
-    frame = event.sse_frame
-    if frame is None:
-        frame = event.sse_frame = (
-            b"id: " + event.cursor.encode() + b"\nevent: " + event.type.encode()
-            + b"\ndata: " + event.encoded + b"\n\n"
-        )
-    return frame
+    """The event as one SSE message (made once per event by the resource's :class:`FrameCache`)."""
+    return (
+        b"id: " + event.cursor.encode() + b"\nevent: " + event.type.encode()
+        + b"\ndata: " + event.encoded + b"\n\n"
+    )
 
 
 class _SSESink:
-    def __init__(self, request: Request) -> None:
+    def __init__(self, request: Request, frames: FrameCache) -> None:
         self.request = request
+        self.frames = frames
         self.subscription: Subscription | None = None
         self.open = True
 
     def send(self, events: list[Event]) -> None:
         if self.open:
-            self.request.write(b"".join(sse_frame(e) for e in events))
+            self.request.write(self.frames.join(events))
 
     def replayed(self, caught_up: bool) -> None:
         """Nothing to do as the replay progresses."""
@@ -71,6 +70,8 @@ class SSEResource(ReadResource):
         self.clock = clock
         self.heartbeat = heartbeat
         self._streams: dict[_SSESink, None] = {}
+        #: Each event's SSE message, made once for every stream.
+        self.frames = FrameCache(sse_frame)
         self._beat = LoopingCall(self._keepalive)
         self._beat.clock = clock
 
@@ -82,7 +83,7 @@ class SSEResource(ReadResource):
     def render_GET(self, request: Request) -> bytes | int:
         allow_cors(request)
         args = query_args(request)
-        sink = _SSESink(request)
+        sink = _SSESink(request, self.frames)
         try:
             header = request.getHeader(b"last-event-id")
             since = header.decode("utf-8", "replace").strip() if header else single(args, "since")

@@ -11,9 +11,10 @@ commands are not read while the socket's send buffer is full (a client that does
 answers cannot make the server write more), and at most one journal read of a replay is in
 flight per socket however many times the client resubscribes.
 
-Fan-out cost is kept per event, not per delivery: each event is framed once (a prepared message
-cached on the event) and a batch of events goes to a socket in one write.  Compression is
-refused, because permessage-deflate would compress per connection and defeat the prepared frame.
+Fan-out cost is kept per event, not per delivery: each event is framed once (a prepared message,
+kept in the factory's :class:`~firehose.transports.frames.FrameCache`) and a batch of events goes
+to a socket in one write.  Compression is refused, because permessage-deflate would compress per
+connection and defeat the prepared frame.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from firehose.filters import FilterError, parse_json
 from firehose.hub import Hub, Subscription
 from firehose.limits import TokenBucket
 from firehose.transports import SubscriptionProducer, plain_tcp, write_now
+from firehose.transports.frames import FrameCache
 
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY_VIOLATION = 1008
@@ -233,13 +235,7 @@ class FirehoseWebSocket(WebSocketServerProtocol):
     def _send_events(self, events: list[Event]) -> None:
         if self.state != WebSocketServerProtocol.STATE_OPEN:
             return
-        prepare = self.factory.prepareMessage
-        frames = []
-        for e in events:
-            if e.ws_frame is None:
-                e.ws_frame = prepare(e.encoded, isBinary=False, doNotCompress=True)
-            frames.append(e.ws_frame.payloadHybi)
-        data = b"".join(frames)
+        data = self.factory.frames.join(events)
         if self.send_queue:  # autobahn has chopped or synchronous writes pending: keep order
             self.sendData(data)
         elif self._tcp is not None:
@@ -283,6 +279,11 @@ class FirehoseWebSocketFactory(WebSocketServerFactory):
 
     protocol = FirehoseWebSocket  # type: ignore[assignment]
 
+    def _frame(self, event: Event) -> bytes:
+        """One event as a text frame (unmasked, as a server's are; never compressed), for the
+        factory's frame cache: built once, the same bytes then go to every socket."""
+        return self.prepareMessage(event.encoded, isBinary=False, doNotCompress=True).payloadHybi
+
     def __init__(
         self,
         hub: Hub,
@@ -297,6 +298,8 @@ class FirehoseWebSocketFactory(WebSocketServerFactory):
         self.commands_per_second = commands_per_second
         self.command_burst = command_burst
         self.connections = 0
+        #: Each event's frame, made once for every socket of this hub.
+        self.frames = FrameCache(self._frame)
         self.setProtocolOptions(
             maxFramePayloadSize=max_message,
             maxMessagePayloadSize=max_message,

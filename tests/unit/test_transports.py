@@ -298,8 +298,8 @@ class WebSocketTests(SynchronousTestCase):
         self.assertEqual(len([m for m in msgs if "id" in m]), 60)
 
     def test_each_event_is_framed_once(self) -> None:
-        """Two subscribers on two sockets get one event framed once: one prepared frame, cached
-        on the event, written to both."""
+        """Two subscribers on two sockets get one event framed once: one prepared frame, kept in
+        the factory's frame cache, written to both."""
         other_factory, _, _, other_pump = self.connect()
         prepared: list[bytes] = []
         real_prepare = self.server_factory.prepareMessage
