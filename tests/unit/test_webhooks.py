@@ -7,13 +7,18 @@ import random
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 from treq.testing import RequestTraversalAgent, StubTreq
 from twisted.internet.task import Clock
 from twisted.web.resource import Resource
 
 from firehose.hub import Hub
+from firehose.ingest import IngestStats
 from firehose.journal import MemoryJournal
+from firehose.metrics import FirehoseCollector
 from firehose.webhooks import (
+    HookConflict,
+    HookNotFound,
     JSONFileHookStore,
     MemoryHookStore,
     WebhookConfig,
@@ -189,4 +194,77 @@ def test_api_auth_and_crud():
     assert resp.code == 200 and not s.dispatcher.hooks["mine"].active
     assert api.delete(root + "/mine", headers=auth).result.code == 200
     assert api.get(root + "/mine", headers=auth).result.code == 404
+    s.stop()
+
+
+def test_api_status_follows_the_error_type_not_its_text():
+    """A refusal's status comes from its type: a bad URL or filter is 400 even when its message
+    holds "config" or "exists" (those words once made it a 409); a taken id or a config-file
+    hook is 409; an unknown id is 404, for every method."""
+    s = Setup(hooks={"ci": {"url": "http://r.test/", "secret": "c" * 16}})
+    s.dispatcher.load()
+    site = Resource()
+    mount(site, s.dispatcher, "adm")
+    api, root, auth = StubTreq(site), "http://x/api/webhooks", {"Authorization": "Bearer adm"}
+
+    def status(method: str, path: str = "", **kw: Any) -> tuple[int, dict[str, Any]]:
+        resp = getattr(api, method)(root + path, headers=auth, **kw).result
+        return resp.code, json.loads(api.content(resp).result)
+
+    assert status("post", json={"url": "ftp://config.exists/"})[0] == 400
+    assert status("post", json={"url": "http://r.test/", "filter": {"config": "x"}})[0] == 400
+    code, body = status("post", json={"url": "http://r.test/", "id": "ci"})
+    assert (code, body["error"]) == (409, "bad_webhook") and "already exists" in body["message"]
+    assert status("delete", "/ci")[0] == 409
+    for method in ("get", "delete", "patch"):
+        code, body = status(method, "/nobody", json={"active": True})
+        assert (code, body["error"], body["message"]) == (404, "not_found", "no webhook 'nobody'")
+    s.stop()
+
+
+def test_dispatcher_refusals_are_typed():
+    """The dispatcher raises HookNotFound for an unknown id and HookConflict for a taken id or
+    a config-file hook: callers tell them apart without reading messages."""
+    s = Setup(hooks={"ci": {"url": "http://r.test/", "secret": "c" * 16}})
+    s.dispatcher.load()
+    for call in (s.dispatcher.get, s.dispatcher.remove, s.dispatcher.enable, s.dispatcher.disable):
+        with pytest.raises(HookNotFound):
+            call("nobody")
+    with pytest.raises(HookConflict):
+        s.dispatcher.add("http://r.test/", hook_id="ci")
+    with pytest.raises(HookConflict):
+        s.dispatcher.remove("ci")
+    s.stop()
+
+
+def test_metrics_count_hooks_and_deliveries():
+    """/metrics shows hooks by state, POSTs by result (a failed attempt and a 410 count as
+    failed) and the events acknowledged, from the dispatcher's own counters."""
+    s = Setup(max_failures=5)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(FirehoseCollector(s.hub, s.journal, IngestStats(), lambda: 0, clock=s.clock,
+                                        webhooks=s.dispatcher))
+
+    def scrape() -> dict[str, float]:
+        lines = generate_latest(registry).decode().splitlines()
+        return {name: float(value) for name, value in (line.rsplit(" ", 1) for line in lines)
+                if name.startswith("firehose_webhook")}
+
+    assert scrape() == {'firehose_webhooks{state="active"}': 0.0, 'firehose_webhooks{state="disabled"}': 0.0,
+                        'firehose_webhook_deliveries_total{result="delivered"}': 0.0,
+                        'firehose_webhook_deliveries_total{result="failed"}': 0.0,
+                        "firehose_webhook_events_delivered_total": 0.0}
+    s.dispatcher.add("http://r.test/one", {"builder": "linux"}, secret="a" * 16)
+    gone = s.dispatcher.add("http://r.test/two", {"builder": "mac"}, secret="b" * 16)
+    s.receiver.codes = [500]
+    s.append(1, 7)  # hook one: a POST of 5 fails; after the retry 5, then 2, are delivered
+    s.clock.advance(1)
+    s.receiver.codes = [410]
+    s.append(8, 8, builder="mac")  # hook two is told 410 Gone
+    assert s.receiver.delivered() == list(range(1, 8)) and not gone.active
+    metrics = scrape()
+    assert metrics['firehose_webhooks{state="active"}'] == 1 and metrics['firehose_webhooks{state="disabled"}'] == 1
+    assert metrics['firehose_webhook_deliveries_total{result="failed"}'] == 2
+    assert metrics['firehose_webhook_deliveries_total{result="delivered"}'] == 2
+    assert metrics["firehose_webhook_events_delivered_total"] == 7
     s.stop()
