@@ -9,7 +9,6 @@ a real ``firehose serve`` process; between them a loopback TCP proxy (tests/faul
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,15 +18,10 @@ from twisted.internet import defer, reactor, task, threads
 from twisted.trial import unittest
 
 from tests.e2e.conftest import ServerProcess, http_get
+from tests.plugin.plugin_testlib import TempDirMixin, quiet_warnings, wait_for
+from tests.plugin.realserver_lib import check_stream, force_build, reporter_of, start_master
 
 from .conftest import Proxy, count, read_journal
-
-_PLUGIN_TESTS = str(Path(__file__).resolve().parent.parent / "plugin")
-if _PLUGIN_TESTS not in sys.path:  # the plugin tests' helpers are top-level modules there
-    sys.path.insert(0, _PLUGIN_TESTS)
-
-from plugin_testlib import TempDirMixin, quiet_warnings, wait_for  # noqa: E402
-from realserver_lib import check_stream, force_build, reporter_of, start_master  # noqa: E402
 
 quiet_warnings()
 

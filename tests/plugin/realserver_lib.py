@@ -25,11 +25,13 @@ from collections.abc import Iterable
 from typing import Any
 
 from buildbot.test.util.integration import TestedRealMaster
-from plugin_testlib import quiet_warnings, wait_for
 from twisted.internet import defer, reactor
 
+from firehose.config import Config
 from firehose.schema import validate_event
-from firehose.service import Config, FirehoseServer
+from firehose.service import FirehoseServer
+
+from .plugin_testlib import quiet_warnings, wait_for
 
 quiet_warnings()  # after importing buildbot.test (see plugin_testlib.quiet_warnings)
 

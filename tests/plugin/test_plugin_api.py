@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from plugin_testlib import wait_for
-from test_plugin_realserver import GOT_REVISION, RealServerTestBase
 from twisted.internet import defer
+
+from .plugin_testlib import wait_for
+from .realserver_lib import run_buildset
+from .test_plugin_realserver import GOT_REVISION, RealServerTestBase
 
 REV_A = "a" * 40
 REV_B = "b" * 40
@@ -35,8 +37,6 @@ class ApiFromRealMasterTest(RealServerTestBase):
         """Pushlog, last green (all builders, and narrowed to one), a build with steps,
         properties and links, step timings, trend, queue, running and the cursor all agree
         with what the master did."""
-        from realserver_lib import run_buildset
-
         tested = yield self.master()
         master = tested.master
         for n, rev in enumerate((REV_A, REV_B)):
@@ -103,7 +103,6 @@ class WaitOnRealBuildsTest(RealServerTestBase):
         revision nobody builds times out with 2."""
         import sys
 
-        from realserver_lib import run_buildset
         from twisted.internet import reactor
         from twisted.internet.utils import getProcessOutputAndValue
 

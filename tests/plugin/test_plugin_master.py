@@ -11,10 +11,11 @@ import os
 from typing import Any
 
 from buildbot.test.util.integration import RunMasterBase
-from plugin_testlib import StubIngest, TempDirMixin, quiet_warnings, wait_for
 from twisted.internet import defer
 
 from firehose.schema import validate_event
+
+from .plugin_testlib import StubIngest, TempDirMixin, quiet_warnings, wait_for
 
 quiet_warnings()
 

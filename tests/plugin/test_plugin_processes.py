@@ -7,12 +7,13 @@ import tempfile
 from typing import Any
 
 import pytest
-from plugin_testlib import StubIngest, wait_for
 from twisted.internet import defer
 from twisted.trial import unittest
 
 from buildbot_plugin.demo.__main__ import create, start, stop
 from firehose.schema import validate_event
+
+from .plugin_testlib import StubIngest, wait_for
 
 
 @pytest.mark.slow

@@ -14,8 +14,12 @@ from collections.abc import Iterable
 from typing import Any
 
 import pytest
-from plugin_testlib import TempDirMixin, quiet_warnings, wait_for
-from realserver_lib import (
+from twisted.internet import defer
+from twisted.internet.error import ConnectionLost
+from twisted.trial import unittest
+
+from .plugin_testlib import TempDirMixin, quiet_warnings, wait_for
+from .realserver_lib import (
     RealServer,
     WSSubscriber,
     builderid,
@@ -27,9 +31,6 @@ from realserver_lib import (
     spool_segments,
     start_master,
 )
-from twisted.internet import defer
-from twisted.internet.error import ConnectionLost
-from twisted.trial import unittest
 
 quiet_warnings()
 
