@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import io
 import json
 from typing import Any
 
 from treq.testing import StubTreq
+from twisted.internet import defer
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.server import NOT_DONE_YET
+from twisted.web.test.requesthelper import DummyRequest
 
 from firehose.event import dumps
 from firehose.hub import Hub
-from firehose.ingest import IngestStats, MasterTokens
-from firehose.journal import MemoryJournal
+from firehose.ingest import IngestResource, IngestStats, MasterTokens
+from firehose.journal import AppendResult, MemoryJournal
 from firehose.web import build_site
 from tests.unit.helpers import batch, make_event
 
@@ -26,7 +32,8 @@ class IngestTests(SynchronousTestCase):
         self.published: list[int] = []
         self.journal.listen(lambda events: self.published.extend(e.offset for e in events))
         self.stats = IngestStats()
-        site = build_site(hub=self.hub, journal=self.journal, clock=Clock(), max_body=4096,
+        self.clock = Clock()
+        site = build_site(hub=self.hub, journal=self.journal, clock=self.clock, max_body=4096,
                           tokens=MasterTokens({"m1": "tok1", "m2": "tok2"}), ingest_stats=self.stats)
         self.client = StubTreq(site.resource)
 
@@ -144,3 +151,37 @@ class IngestTests(SynchronousTestCase):
         self.post(b"nope", raw=True)
         self.post(batch(1, 1), token="bad")
         self.assertEqual(dict(self.stats.rejected), {"malformed_json": 1, "unauthorized": 1})
+
+    def test_arrival_is_timed_by_the_site_clock(self) -> None:
+        """A master's last accepted batch is dated by the clock the site was built with."""
+        self.clock.advance(1234.5)
+        self.post(batch(1, 1))
+        self.assertEqual(self.stats.last_received, {"m1": 1234.5})
+
+
+class _HeldJournal:
+    """A journal whose one append answers only when the test says so."""
+
+    epoch = "e1"
+    head = 0
+
+    def append(self, batch: Any) -> defer.Deferred[AppendResult]:
+        self.answer: defer.Deferred[AppendResult] = defer.Deferred()
+        return self.answer
+
+
+class ClientGoneTests(SynchronousTestCase):
+    def test_client_gone_before_the_batch_is_durable(self) -> None:
+        """A master that hung up while its batch was being stored is written nothing (the
+        batch is stored all the same), and nothing fails: ingest hears of the lost
+        connection through ``notifyFinish``."""
+        journal = _HeldJournal()
+        resource = IngestResource(journal, MasterTokens({"m1": "tok1"}), 4096, IngestStats(), Clock())
+        request = DummyRequest([b""])
+        request.method = b"POST"
+        request.requestHeaders.setRawHeaders(b"authorization", [b"Bearer tok1"])
+        request.content = io.BytesIO(dumps(batch(1, 1)))
+        self.assertEqual(resource.render(request), NOT_DONE_YET)
+        request.processingFailed(Failure(ConnectionDone()))  # what a lost connection does to it
+        journal.answer.callback(AppendResult())
+        self.assertEqual((request.written, request.finished), ([], 0))
