@@ -12,7 +12,10 @@ setup(
     packages=find_packages(include=["firehose", "firehose.*", "buildbot_plugin", "buildbot_plugin.*"]),
     package_data={"firehose": ["static/*", "py.typed"]},
     install_requires=[
-        "twisted>=24.7",
+        # Capped: firehose.transports.write_now reads internals of twisted.internet.tcp (named in
+        # its docstring); tests/unit/test_fast_path.py passed on Twisted 26.10.  Raise the cap
+        # once that test passes on the newer Twisted.
+        "twisted>=24.7,<27",
         "autobahn>=24.4",
         "orjson>=3.9",
         "fastjsonschema>=2.19",

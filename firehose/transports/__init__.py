@@ -1,6 +1,10 @@
 """Subscriber transports: thin adapters that parse a request, make a sink and hand it to the hub.
 
-Each transport knows the hub and nothing of the other transports.
+Each transport knows the hub and nothing of the other transports.  What they share is here:
+the producer that carries Twisted's flow control to a subscription, and the socket fast path
+(:func:`plain_tcp`, :func:`write_now`), which reads internals of ``twisted.internet.tcp``: its
+unit test (tests/unit/test_fast_path.py) runs against the installed Twisted, and setup.py caps
+Twisted at the versions it passed on.
 """
 
 from __future__ import annotations
@@ -8,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import tcp
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, ISSLTransport
 from twisted.protocols.policies import ProtocolWrapper
 from zope.interface import implementer
 
@@ -50,12 +54,17 @@ class SubscriptionProducer:
 def plain_tcp(transport: Any) -> tcp.Connection | None:
     """The plain TCP connection under ``transport``, or ``None`` (TLS, tests' fake transports).
 
-    Only the server's own connection-tracking wrapper (an exact ``ProtocolWrapper``) is looked
-    through: TLS is a ``ProtocolWrapper`` subclass, and writing under it would bypass encryption.
+    Only the server's own connection-tracking wrapper (an exact ``ProtocolWrapper``, through its
+    ``transport``) is looked through: TLS is a ``ProtocolWrapper`` subclass
+    (``TLSMemoryBIOProtocol``), and writing under it would bypass encryption.  For the same
+    reason a ``tcp.Connection`` that ``startTLS`` turned secure (it then provides
+    ``ISSLTransport`` and routes its own ``write`` through TLS) is not plain.
     """
     if type(transport) is ProtocolWrapper:
         transport = transport.transport
-    return transport if isinstance(transport, tcp.Connection) else None
+    if isinstance(transport, tcp.Connection) and not ISSLTransport.providedBy(transport):
+        return transport
+    return None
 
 
 def write_now(connection: tcp.Connection, data: bytes) -> None:
@@ -65,6 +74,13 @@ def write_now(connection: tcp.Connection, data: bytes) -> None:
     and unregisters it: three system calls and a turn of latency per write, paid by every
     subscriber of every event.  When the buffer is empty one ``send`` does it; what the kernel
     does not take goes through ``write`` as usual, flow control included.
+
+    Twisted internals read here (``twisted.internet.abstract.FileDescriptor`` and
+    ``twisted.internet.tcp.Connection``; check them when Twisted is upgraded): ``_tempDataLen``
+    (bytes written but not yet moved to the buffer), ``dataBuffer`` and ``offset`` (the buffer
+    and how much of it was sent), ``connected``, ``disconnecting``, ``_writeDisconnected``, and
+    ``writeSomeData(data)``, which sends at most ``SEND_LIMIT`` bytes and returns the count sent
+    (0 when the kernel takes nothing) or an exception instance when the connection is lost.
     """
     if (
         not connection._tempDataLen

@@ -478,21 +478,3 @@ class LongPollReplayTests(_Base):
         body = self.successResultOf(self.successResultOf(d).json())
         self.assertEqual(body, {"events": [], "cursor": "e1:10"})
 
-
-def test_plain_tcp_never_looks_under_tls() -> None:
-    """Direct socket writes are only used on plain TCP: not under TLS (a ProtocolWrapper
-    subclass), not on fake transports."""
-    from twisted.internet.protocol import Protocol
-    from twisted.internet.testing import StringTransport
-    from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
-    from twisted.protocols.tls import TLSMemoryBIOProtocol
-
-    from firehose.transports import plain_tcp
-
-    wrapper = ProtocolWrapper(WrappingFactory(None), Protocol())
-    wrapper.transport = StringTransport()
-    assert plain_tcp(wrapper) is None
-    assert plain_tcp(StringTransport()) is None
-    assert issubclass(TLSMemoryBIOProtocol, ProtocolWrapper)
-    tls = TLSMemoryBIOProtocol.__new__(TLSMemoryBIOProtocol)
-    assert plain_tcp(tls) is None
