@@ -141,7 +141,13 @@ class Stream:
             query: dict[str, str] = {k: ",".join(v) for k, v in self.filter.items()}
             if self.cursor is not None:
                 query["since"] = self.cursor
-            query["timeout"] = f"{hold:.3f}"
+                query["timeout"] = f"{hold:.3f}"
+            else:
+                # Started "from now": ask for the head at once (timeout 0) rather than hold
+                # the first poll, so that "now" becomes a concrete cursor the moment the
+                # server first answers.  Otherwise an outage before the first event made the
+                # retry start "from now" again, and what was published meanwhile was lost.
+                query["timeout"] = "0"
             query["limit"] = str(self.limit)
             url = f"{self.url}/poll?{urllib.parse.urlencode(query)}"
             try:

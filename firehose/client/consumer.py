@@ -65,7 +65,16 @@ class Consumer:
     # -- for subclasses ----------------------------------------------------------------------
 
     def _deliver(self, item: dict[str, Any]) -> None:
-        """Hand over one event, or a :class:`Gap` that lost events, in arrival order."""
+        """Hand over one event, or a :class:`Gap` that lost events, in arrival order.
+
+        Once the consumer has ended (:meth:`_finish`: ``stop()`` or a refusal), nothing more
+        is handed over: a source may still hold items it had already read (the rest of a
+        replay page, frames in the same TCP read), and a user who asked to stop must not see
+        them.  :attr:`cursor` stays at the last item handed over, so resuming from it loses
+        none of them.
+        """
+        if self.done.called:
+            return
         if isinstance(item, Gap):
             if self.on_gap is not None:
                 self.on_gap(item)
@@ -98,8 +107,10 @@ class Consumer:
 
     def _finish(self, error: BaseException | None) -> None:
         """End: waiting :meth:`next` calls fail (``StopAsyncIteration`` or ``error``), and so
-        does :attr:`done` with an error."""
+        does :attr:`done` with an error.  Events queued but not yet taken are dropped (stop
+        means stop; :attr:`cursor` has not moved past them)."""
         self._error = error
+        self._queue.clear()
         waiting, self._waiting = self._waiting, []
         for d in waiting:
             d.errback(error if error is not None else StopAsyncIteration())

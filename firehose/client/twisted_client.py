@@ -203,6 +203,8 @@ class FirehoseClient(Consumer):
     # -- messages ----------------------------------------------------------------------------
 
     def _message(self, payload: bytes) -> None:
+        if self._stopped:
+            return  # frames read before stop() (the rest of a replay page): stop means stop
         try:
             msg = json.loads(payload)
         except ValueError:

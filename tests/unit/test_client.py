@@ -86,6 +86,24 @@ def test_stream_cursor_follows_what_was_yielded_and_retries_failures():
     assert len(sleeps) == 2
 
 
+def test_stream_started_live_pins_now_before_an_outage():
+    """Started from now, the first poll asks for the head at once (``timeout=0``, no since)
+    and every later poll, the retries after an outage included, continues from that head:
+    events published during an outage before the first event are not skipped (the retry used
+    to start "from now" again)."""
+    s, opener, sleeps = make_stream([
+        {"events": [], "cursor": "e:7"},
+        ConnectionResetError(),
+        urllib.error.URLError("refused"),
+        {"events": [ev(8), ev(9)], "cursor": "e:9"},
+    ])
+    assert next(s)["seq"] == 8 and next(s)["seq"] == 9
+    assert "since=" not in opener.urls[0] and "timeout=0&" in opener.urls[0]
+    assert all("since=e%3A7" in u for u in opener.urls[1:])
+    assert all("timeout=0&" not in u for u in opener.urls[1:])
+    assert len(sleeps) == 2 and s.cursor == "e:9"
+
+
 def test_stream_gaps_lost_are_surfaced_slow_is_not():
     """An expired gap is yielded as a Gap (or given to on_gap); a slow gap just moves on."""
     gap = {"type": "gap", "reason": "expired", "since": "e:1", "cursor": "e:9", "earliest": "e:9"}

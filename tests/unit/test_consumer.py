@@ -166,6 +166,51 @@ def test_a_malformed_cursor_is_refused_before_starting() -> None:
             world.client(since="not a cursor")
 
 
+def test_stop_means_stop_even_mid_replay() -> None:
+    """``on_event`` that calls ``stop()`` on the first event of a replay is not called again,
+    although the rest of the replay page was already read (the real client used to deliver it:
+    7 more calls); the cursor names the one event handed over, so resuming loses nothing."""
+
+    def scenario(world: World) -> Any:
+        ids = [world.emit() for _ in range(8)]
+        got: list[str] = []
+
+        def on_event(event: dict[str, Any]) -> None:
+            got.append(event["id"])
+            client.stop()
+
+        client = world.client(since="earliest", on_event=on_event)
+        client.start()
+        world.flush()
+        world.emit()
+        world.flush()
+        seen = (got, client.cursor, client.done.called, ids[0])
+        world.stop(client)
+        return seen
+
+    assert both(scenario) == (["e1:1"], "e1:1", True, "e1:1")
+
+
+def test_after_stop_next_hands_over_nothing_queued() -> None:
+    """Events queued for ``next()`` but not taken when ``stop()`` is called are not handed over
+    afterwards (``next()`` fails with StopAsyncIteration) and the cursor stays on the last
+    event taken."""
+
+    def scenario(world: World) -> Any:
+        for _ in range(3):
+            world.emit()
+        client = world.client(since="earliest").start()
+        world.flush()
+        first = client.next().result["id"]
+        world.stop(client)
+        ended = client.next()
+        failure = ended.result
+        ended.addErrback(lambda f: None)
+        return (first, client.cursor, failure.type.__name__)
+
+    assert both(scenario) == ("e1:1", "e1:1", "StopAsyncIteration")
+
+
 class ListConsumer(Consumer):
     """A Consumer fed by hand, with its pause and resume calls recorded."""
 
