@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from firehose.schema import MASTER_NAME_PATTERN
+from firehose.webhooks.errors import WebhookError
+from firehose.webhooks.hooks import check_filter
+from firehose.webhooks.urls import parse_networks, parse_url
 
 #: Where the server listens by default: loopback only, so nothing is exposed by accident.
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
@@ -86,7 +89,7 @@ _WEBHOOK_KEYS = {"admin_token", "hooks", "state_path", "max_failures", "retry_in
 
 
 def apply_config_table(table: Mapping[str, Any], config: WebhookConfig) -> WebhookConfig:
-    """Overlay the ``[webhooks]`` TOML table; raises ``WebhookError`` naming a bad key.
+    """Overlay the ``[webhooks]`` TOML table; raises :class:`WebhookError` naming a bad key.
 
     ```toml
     [webhooks]
@@ -99,10 +102,6 @@ def apply_config_table(table: Mapping[str, Any], config: WebhookConfig) -> Webho
     filter = {type = "build.finished", builder = "try-*"}
     ```
     """
-    # The URL, network and filter checks live with the webhooks; imported here, when a
-    # [webhooks] table is read, so that importing this module never imports Twisted.
-    from firehose.webhooks import WebhookError, check_filter, parse_networks, parse_url
-
     unknown = set(table) - _WEBHOOK_KEYS
     if unknown:
         raise WebhookError(f"[webhooks]: unknown keys {sorted(unknown)}; known: {sorted(_WEBHOOK_KEYS)}")

@@ -438,7 +438,8 @@ class SQLiteJournal(_JournalBase):
         acknowledged batch survive a power cut; ``NORMAL`` survives a process crash only.
     :param reactor: runs the writer and reader threads' results back in the reactor thread.
     :param clock: when events are received (stored with them, for age retention) and when
-        writes started failing; default ``reactor``.  Read in the reactor thread only.
+        writes started failing; default ``reactor`` (the wall clock if it is no
+        ``IReactorTime``).  Read in the reactor thread only.
     """
 
     def __init__(
@@ -454,7 +455,10 @@ class SQLiteJournal(_JournalBase):
 
             reactor = _reactor
         self._reactor = reactor
-        clock = clock if clock is not None else reactor
+        # A reactor that only runs threads' results (a test's) tells no time: the wall clock does.
+        time_of: _Clock = (
+            clock if clock is not None else reactor if IReactorTime.providedBy(reactor) else _WallClock()
+        )
         self.path = path
         self._retention = retention or Retention()
         try:
@@ -480,7 +484,7 @@ class SQLiteJournal(_JournalBase):
                 "epoch {epoch}; subscribers resuming from an older cursor will get an epoch gap",
                 path=path, epoch=epoch,
             )
-        super().__init__(epoch, head, earliest, seqs, clock)
+        super().__init__(epoch, head, earliest, seqs, time_of)
         for (master, incarnation), seq in seqs.items():
             self._seq.latest[master] = (incarnation, seq)
         self._writer = ThreadPool(1, 1, "firehose-journal-writer")

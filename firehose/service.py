@@ -26,7 +26,7 @@ from firehose.ingest import IngestStats, MasterTokens
 from firehose.journal import IJournal, MemoryJournal, SQLiteJournal
 from firehose.state import BuildState
 from firehose.web import FirehoseSite, build_site
-from firehose.webhooks import WebhookAPI, make_dispatcher
+from firehose.webhooks.dispatcher import make_dispatcher
 
 
 class FirehoseServer:
@@ -79,7 +79,8 @@ class FirehoseServer:
                 clock=self.reactor,
                 max_body=config.max_body,
                 ingest_stats=self.ingest_stats,
-                webhook_api=WebhookAPI(self.webhooks, config.webhooks.admin_token),
+                webhooks=self.webhooks,
+                webhook_admin_token=config.webhooks.admin_token,
                 max_connections=config.max_connections,
                 max_connections_per_address=config.max_connections_per_address,
                 request_timeout=config.request_timeout,

@@ -2,7 +2,7 @@
 factory that counts and limits connections.
 
 :func:`build_site` is the one place the site is assembled: it is given every part it mounts
-(hub, journal, state, tokens, stats, the webhook API) and the clock, and builds nothing a
+(hub, journal, state, tokens, stats, the webhook dispatcher) and the clock, and builds nothing a
 caller would have to feed.
 """
 
@@ -37,6 +37,8 @@ from firehose.state import BuildState
 from firehose.transports.longpoll import PollResource
 from firehose.transports.sse import SSEResource
 from firehose.transports.websocket import websocket_resource
+from firehose.webhooks.api import WebhookAPI
+from firehose.webhooks.dispatcher import WebhookDispatcher
 
 
 class _JSONResource(Resource):
@@ -173,7 +175,8 @@ def build_site(
     state: BuildState | None = None,
     max_body: int = DEFAULT_MAX_BODY,
     ingest_stats: IngestStats | None = None,
-    webhook_api: Resource | None = None,
+    webhooks: WebhookDispatcher | None = None,
+    webhook_admin_token: str | None = None,
     max_connections: int | None = None,
     max_connections_per_address: int = DEFAULT_MAX_PER_ADDRESS,
     request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
@@ -187,7 +190,8 @@ def build_site(
         journal and listening to it); without one there is no ``/api`` (a site for ingest and
         streams only, as in some tests).
     :param ingest_stats: the counters ingest writes and ``/metrics`` reads; new ones if ``None``.
-    :param webhook_api: the resource of ``/api/webhooks``, if the server runs webhooks.
+    :param webhooks: the dispatcher, if the server runs webhooks: its API at ``/api/webhooks``
+        (answering only ``webhook_admin_token``; 403 without one), its counts in ``/metrics``.
     :param max_connections: open connections in all; ``None``: :func:`default_max_connections`.
     """
     ingest_stats = ingest_stats if ingest_stats is not None else IngestStats()
@@ -197,10 +201,10 @@ def build_site(
     root.putChild(b"ws", websocket_resource(hub, clock))
     root.putChild(b"sse", SSEResource(hub, clock))
     root.putChild(b"poll", PollResource(hub, clock))
-    if state is not None or webhook_api is not None:
+    if state is not None or webhooks is not None:
         api = ApiResource(state, hub, clock) if state is not None else Resource()
-        if webhook_api is not None:
-            api.putChild(b"webhooks", webhook_api)
+        if webhooks is not None:
+            api.putChild(b"webhooks", WebhookAPI(webhooks, webhook_admin_token))
         root.putChild(b"api", api)
     root.putChild(b"schema", _JSONResource(lambda: {"batch": BATCH_SCHEMA, "event": DELIVERED_SCHEMA}))
     root.putChild(b"health", _JSONResource(lambda: _health(hub, journal)))
@@ -211,7 +215,7 @@ def build_site(
     # Only an on-disk journal has a size (IJournal does not promise one).
     journal_bytes = getattr(journal, "size_bytes", lambda: 0)
     collector = FirehoseCollector(
-        hub, journal, ingest_stats, journal_bytes, clock=clock, connections=site.connections
+        hub, journal, ingest_stats, journal_bytes, clock=clock, connections=site.connections, webhooks=webhooks
     )
     root.putChild(b"metrics", MetricsResource(collector))
     return site

@@ -12,8 +12,8 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
-from firehose.event import Event
 from firehose.config import Retention
+from firehose.event import Event
 from firehose.journal import IJournal, JournalError, MemoryJournal, SQLiteJournal
 from tests.unit.helpers import batch, make_event
 
