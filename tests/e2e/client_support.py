@@ -2,7 +2,8 @@
 
 * :class:`TCPProxy`: a loopback TCP relay between a client and the server whose connections
   can be cut (a "dropped connection") and whose target can follow a restarted server.
-* :func:`restart`: stop a server process and start it again on the same port and journal.
+* :func:`restart`: stop a server process and start it again on the same port and journal
+  (``ServerProcess.restart``, under the name these tests use).
 * :class:`Receiver`: a webhook receiver on 127.0.0.1 that records deliveries and can be told
   to fail.
 * :class:`Lines`: the stdout of a subprocess, read line by line with bounded waits.
@@ -21,7 +22,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from .conftest import DEADLINE, HOST, ServerProcess, serve_command
+from .conftest import DEADLINE, HOST, ServerProcess
 
 
 class TCPProxy:
@@ -95,15 +96,9 @@ class TCPProxy:
 
 
 def restart(server: ServerProcess) -> None:
-    """SIGTERM the server, then start it again on the same port with the same journal."""
-    assert server.stop() == 0, server.log()
-    args = ["--listen", f"tcp:{server.port}:interface={HOST}", "--db", str(server.db)]
-    for name, token in server.tokens.items():
-        args += ["--master-token", f"{name}={token}"]
-    args += list(server.extra)
-    with open(server.log_path, "ab") as log:
-        server.proc = subprocess.Popen(serve_command(*args), stdout=log, stderr=log, stdin=subprocess.DEVNULL)
-    assert server._wait_ready(), f"server did not come back on port {server.port}:\n{server.log()}"
+    """SIGTERM the server, then start it again on the same port with the same journal
+    (:meth:`ServerProcess.restart`)."""
+    server.restart()
 
 
 class Receiver:

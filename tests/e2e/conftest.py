@@ -65,7 +65,13 @@ def run_cli(*args: str, timeout: float = DEADLINE) -> subprocess.CompletedProces
 
 
 class ServerProcess:
-    """One ``firehose serve`` subprocess listening on a free loopback port."""
+    """One ``firehose serve`` subprocess on loopback: the one helper every suite starts,
+    kills and restarts servers with.
+
+    The first :meth:`start` takes a free port; every later one (after :meth:`stop` or
+    :meth:`kill`) starts the server again on the same port and journal, as a restarted
+    server is: masters, clients and pages keep one URL.
+    """
 
     def __init__(self, db: Path, log: Path, tokens: dict[str, str], extra: tuple[str, ...]) -> None:
         self.db = db
@@ -83,30 +89,52 @@ class ServerProcess:
     def ws_url(self) -> str:
         return f"ws://{HOST}:{self.port}/ws"
 
-    def start(self) -> ServerProcess:
-        """Start the process and wait until ``/health`` answers (bounded)."""
-        # A port found free can be taken by someone else before the server binds it: retry.
-        for _attempt in range(3):
-            self.port = free_port()
-            args = ["--listen", f"tcp:{self.port}:interface={HOST}", "--db", str(self.db)]
-            for name, token in self.tokens.items():
-                args += ["--master-token", f"{name}={token}"]
-            args += list(self.extra)
-            log = open(self.log_path, "ab")
-            try:
-                self.proc = subprocess.Popen(
-                    serve_command(*args), stdout=log, stderr=log, stdin=subprocess.DEVNULL
-                )
-            finally:
-                log.close()
-            if self._wait_ready():
-                return self
-            if b"cannot listen" not in self.log_path.read_bytes():
-                break
-        raise AssertionError(f"server did not become ready; log:\n{self.log()}")
+    def start(self, degraded_ok: bool = False) -> ServerProcess:
+        """Start the process and wait until ``/health`` answers 200 (bounded); with
+        ``degraded_ok`` a 503 from a degraded server (its journal cannot be written) will do.
 
-    def _wait_ready(self) -> bool:
+        A port found free can be taken by someone else before the server binds it: a first
+        start then tries another port.  A restart keeps its port and tries it again a few times
+        (the killed process's socket may not be released yet).
+        """
+        assert self.proc is None or self.proc.poll() is not None, "the server is still running"
+        first = not self.port
+        for _attempt in range(3 if first else 5):
+            if first:
+                self.port = free_port()
+            logged = self._log_size()
+            self._launch()
+            if self._wait_ready(degraded_ok):
+                return self
+            if first and b"cannot listen" not in self.log_path.read_bytes()[logged:]:
+                break
+        if first:
+            raise AssertionError(f"server did not become ready; log:\n{self.log()}")
+        raise AssertionError(f"server did not restart on port {self.port}; log:\n{self.log()[-4000:]}")
+
+    def restart(self) -> ServerProcess:
+        """SIGTERM the server (it must exit cleanly), then start it again on the same port with
+        the same journal."""
+        assert self.stop() == 0, self.log()
+        return self.start()
+
+    def _launch(self) -> None:
+        args = ["--listen", f"tcp:{self.port}:interface={HOST}", "--db", str(self.db)]
+        for name, token in self.tokens.items():
+            args += ["--master-token", f"{name}={token}"]
+        args += list(self.extra)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(serve_command(*args), stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+
+    def _log_size(self) -> int:
+        try:
+            return self.log_path.stat().st_size
+        except OSError:
+            return 0
+
+    def _wait_ready(self, degraded_ok: bool = False) -> bool:
         assert self.proc is not None
+        ready = (200, 503) if degraded_ok else (200,)
         deadline = time.monotonic() + START_DEADLINE
         for _ in range(2000):
             if time.monotonic() > deadline:
@@ -116,8 +144,8 @@ class ServerProcess:
             try:
                 with socket.create_connection((HOST, self.port), timeout=1):
                     pass
-                status, _ = http_get(self.url + "/health", timeout=2)
-                if status == 200:
+                status, body = http_get(self.url + "/health", timeout=2)
+                if status in ready and (status == 200 or json.loads(body).get("status") == "degraded"):
                     return True
             except OSError:
                 pass
@@ -153,6 +181,11 @@ class ServerProcess:
         status, body = http_get(self.url + "/health")
         assert status == 200, body
         return json.loads(body)
+
+    def health_any(self) -> tuple[int, dict[str, Any]]:
+        """``/health`` whatever its status code (a degraded server answers 503)."""
+        status, body = http_get(self.url + "/health", timeout=10)
+        return status, json.loads(body)
 
     def metrics(self) -> str:
         status, body = http_get(self.url + "/metrics")

@@ -172,7 +172,7 @@ def test_recovers_after_the_server_restarts_without_reloading(demo: Any, page: A
     page.evaluate("window.__notReloaded = true")
     assert server.stop() == 0
     page.wait_for_selector('#connection[data-state="reconnecting"]')
-    restart_on_same_port(server)
+    server.start()  # again: the same port and database, a restart rather than a new server
     s.build("started", 3, "linux", "r2", started_at=T0 + 200, at=T0 + 200)
     s.build("finished", 3, "linux", "r2", result="success", started_at=T0 + 200, at=T0 + 210)
     feed(server, s)
@@ -197,16 +197,3 @@ def test_falls_back_to_long_poll_when_websocket_is_blocked(demo: Any, page: Any)
     feed(server, s)
     page.wait_for_selector('td.cell[data-rev="r2"][data-builder="linux"][data-state="warnings"]')
 
-
-def restart_on_same_port(server: ServerProcess) -> None:
-    """Start the server process again on its old port and database (a restart, not a new server)."""
-    import subprocess
-
-    from tests.e2e.conftest import serve_command
-
-    args = ["--listen", f"tcp:{server.port}:interface=127.0.0.1", "--db", str(server.db)]
-    for name, token in server.tokens.items():
-        args += ["--master-token", f"{name}={token}"]
-    with open(server.log_path, "ab") as log:
-        server.proc = subprocess.Popen(serve_command(*args), stdout=log, stderr=log, stdin=subprocess.DEVNULL)
-    assert server._wait_ready(), server.log()

@@ -1,6 +1,6 @@
-"""Helpers of the fault-injection suite: a restartable server on a fixed port, publishers that
-behave like the plugin, a journal reader, the exactly-once tally and a loopback TCP proxy that
-can cut a link.
+"""Helpers of the fault-injection suite: publishers that behave like the plugin, a journal
+reader, the exactly-once tally and a loopback TCP proxy that can cut a link.  The server is
+``tests.e2e.conftest.ServerProcess``, which restarts on the same port and journal after a kill.
 
 Sizes: every count comes from :func:`count`, which multiplies a modest default by
 ``FIREHOSE_FAULT_SCALE`` (default 1) unless ``FIREHOSE_FAULT_<NAME>`` sets it outright; e.g.
@@ -18,7 +18,6 @@ import os
 import random
 import select
 import socket
-import subprocess
 import threading
 import time
 from collections import Counter
@@ -26,7 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.e2e.conftest import HOST, ServerProcess, http_get, serve_command
+from tests.e2e.conftest import HOST, http_get
 
 #: Seconds any one wait of this suite may take.
 FAULT_DEADLINE = 60.0
@@ -45,37 +44,6 @@ def seed() -> int:
     """The random seed of a run (printed, and settable with ``FIREHOSE_FAULT_SEED`` to replay)."""
     value = os.environ.get("FIREHOSE_FAULT_SEED")
     return int(value) if value else random.SystemRandom().randrange(2**32)
-
-
-# --------------------------------------------------------------------------------------------
-# The server
-# --------------------------------------------------------------------------------------------
-
-
-class FixedPortServer(ServerProcess):
-    """A ``firehose serve`` process that, once started, restarts on the same port and journal
-    (publishers keep one URL, as a master keeps its configured one)."""
-
-    def start(self) -> FixedPortServer:
-        if not self.port:
-            super().start()
-            return self
-        args = ["--listen", f"tcp:{self.port}:interface={HOST}", "--db", str(self.db)]
-        for name, token in self.tokens.items():
-            args += ["--master-token", f"{name}={token}"]
-        args += list(self.extra)
-        # The port was just released by a killed process: if binding races, try a few times.
-        for _attempt in range(5):
-            with open(self.log_path, "ab") as log:
-                self.proc = subprocess.Popen(serve_command(*args), stdout=log, stderr=log, stdin=subprocess.DEVNULL)
-            if self._wait_ready():
-                return self
-        raise AssertionError(f"server did not restart on port {self.port}; log:\n{self.log()[-4000:]}")
-
-    def health_any(self) -> tuple[int, dict[str, Any]]:
-        """``/health`` whatever its status code (a degraded server may answer 503)."""
-        status, body = http_get(self.url + "/health", timeout=10)
-        return status, json.loads(body)
 
 
 # --------------------------------------------------------------------------------------------

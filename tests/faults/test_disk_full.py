@@ -12,12 +12,11 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import wait_for
+from tests.e2e.conftest import ServerProcess, wait_for
 
 from .conftest import (
     FAULT_DEADLINE,
     Answer,
-    FixedPortServer,
     Key,
     count,
     keys_of,
@@ -84,7 +83,7 @@ def free_space(mnt: Path, filler: Path) -> str:
     return f"deleted the filler and grew the tmpfs to {size // 1024} KiB"
 
 
-def health(server: FixedPortServer) -> dict[str, Any]:
+def health(server: ServerProcess) -> dict[str, Any]:
     return server.health_any()[1]
 
 
@@ -114,7 +113,7 @@ def test_disk_full_refuses_cleanly_then_recovers(tiny_fs: Path, tmp_path: Path) 
     acknowledged event is in the journal exactly once and nothing else is, the database passes
     SQLite's integrity check, and a restarted server serves the same stream."""
     cycles = count("disk_cycles", 3)
-    server = FixedPortServer(tiny_fs / "journal.sqlite", tmp_path / "server.log", dict(TOKENS),
+    server = ServerProcess(tiny_fs / "journal.sqlite", tmp_path / "server.log", dict(TOKENS),
                              ("--synchronous", "FULL"))
     batches = Batches()
     acked: list[Key] = []

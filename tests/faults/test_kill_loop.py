@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import wait_for
+from tests.e2e.conftest import ServerProcess, wait_for
 
-from .conftest import FAULT_DEADLINE, FixedPortServer, Publisher, count, read_journal, seed, tally
+from .conftest import FAULT_DEADLINE, Publisher, count, read_journal, seed, tally
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,7 @@ def test_sigkill_under_retrying_publishers_loses_and_doubles_nothing(tmp_path: P
     run_seed = seed()
     rng = random.Random(run_seed)
     tokens = {f"km{i}": f"tok-km{i}" for i in range(n_publishers)}
-    server = FixedPortServer(tmp_path / "journal.sqlite", tmp_path / "server.log", tokens,
+    server = ServerProcess(tmp_path / "journal.sqlite", tmp_path / "server.log", tokens,
                              ("--synchronous", "FULL"))
     publishers: list[Publisher] = []
     try:
