@@ -27,6 +27,11 @@ MAX_TIME = 2**53
 MAX_DEPTH = 32
 #: The most events one ingest batch may hold (the plugin sends at most 1000 by default).
 MAX_BATCH_EVENTS = 10_000
+#: The version of the event schema, ``MAJOR.MINOR`` (docs/protocol.md, "Versioning"): optional
+#: fields and new control messages bump the minor; removing a field, or changing what one means,
+#: the major.  Carried by the schemas below (``x-schema-version``) and by /openapi.json and
+#: /asyncapi.json.
+SCHEMA_VERSION = "1.0"
 
 _str = {"type": "string"}
 _int = {"type": "integer"}
@@ -197,6 +202,7 @@ BATCH_SCHEMA: dict[str, Any] = {
     "$schema": "http://json-schema.org/draft-07/schema#",
     "$id": "https://firehose.invalid/schema/ingest-batch.json",
     "title": "firehose ingest batch",
+    "x-schema-version": SCHEMA_VERSION,
     "type": "array",
     "minItems": 1,
     "maxItems": MAX_BATCH_EVENTS,
@@ -208,6 +214,7 @@ DELIVERED_SCHEMA: dict[str, Any] = {
     **EVENT_SCHEMA,
     "$schema": "http://json-schema.org/draft-07/schema#",
     "title": "firehose event",
+    "x-schema-version": SCHEMA_VERSION,
     "required": ["id", *EVENT_SCHEMA["required"]],
     "properties": {**EVENT_SCHEMA["properties"], "id": {"type": "string"}},
 }
