@@ -86,7 +86,7 @@ class Event:
     :param offset: position in the journal, strictly increasing.
     :param cursor: the opaque cursor string of this event (its public ``id``).
     :param encoded: the JSON object delivered to subscribers, encoded once.
-    :param fields: the decoded object, when the creator already has it (saves a decode).
+    :param obj: the decoded object, when the creator already has it (saves a decode).
     """
 
     __slots__ = ("offset", "cursor", "type", "encoded", "_obj", "_fields")

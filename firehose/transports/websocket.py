@@ -35,7 +35,6 @@ from firehose.limits import TokenBucket
 from firehose.transports import SubscriptionProducer, plain_tcp, write_now
 from firehose.transports.frames import FrameCache
 
-CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY_VIOLATION = 1008
 #: Longest piece of a client's own input quoted back in an error message.
 _QUOTE = 60
