@@ -290,11 +290,11 @@ def machine() -> dict[str, Any]:
     info["kernel"] = os.uname().release
     try:
         out = subprocess.run(
-            [python(), "-c", "import twisted, autobahn, simplejson, sqlite3; print(twisted.__version__, "
-             "autobahn.__version__, simplejson.__version__, sqlite3.sqlite_version)"],
+            [python(), "-c", "import twisted, autobahn, orjson, sqlite3; print(twisted.__version__, "
+             "autobahn.__version__, orjson.__version__, sqlite3.sqlite_version)"],
             capture_output=True, text=True, timeout=30,
         ).stdout.split()
-        info.update(dict(zip(["twisted", "autobahn", "simplejson", "sqlite"], out, strict=False)))
+        info.update(dict(zip(["twisted", "autobahn", "orjson", "sqlite"], out, strict=False)))
     except (OSError, subprocess.TimeoutExpired):
         pass
     return info

@@ -31,20 +31,13 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 
+from firehose.config import DEFAULT_MAX_CONNECTIONS
 from firehose.event import dumps
 
 #: Seconds a refused client is given to read its refusal and hang up before it is cut off.
 REFUSAL_LINGER = 2.0
 #: Seconds a client told to retry later is asked to wait (``Retry-After``).
 RETRY_AFTER = 5
-#: ``max_connections`` is at most this, and at most 90% of the file descriptor soft limit.
-DEFAULT_MAX_CONNECTIONS = 10_000
-#: Open connections one client address may hold (0: no limit).
-DEFAULT_MAX_PER_ADDRESS = 256
-#: Seconds from a request's first byte until it must be received whole (line, headers, body).
-DEFAULT_REQUEST_TIMEOUT = 10.0
-#: Seconds a keep-alive connection may stay quiet between requests (Twisted's default too).
-DEFAULT_IDLE_TIMEOUT = 60.0
 
 
 def default_max_connections(soft_limit: int | None = None) -> int:

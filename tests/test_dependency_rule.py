@@ -14,7 +14,7 @@ import pytest
 CORE = ["firehose.event", "firehose.schema", "firehose.filters", "firehose.cursor", "firehose.journal", "firehose.hub"]
 #: What the plugin may use of the server's package: the envelope and its schema (and what
 #: ``firehose/__init__`` re-exports, which is pure too).
-PLUGIN_MAY_IMPORT = {"firehose", "firehose.event", "firehose.schema", "firehose.cursor", "firehose.filters"}
+PLUGIN_MAY_IMPORT = {"firehose", "firehose.event", "firehose.schema", "firehose.cursor", "firehose.filters", "firehose.backoff"}
 
 
 def imported_by(module: str) -> set[str]:
