@@ -33,6 +33,7 @@ from firehose.journal import IJournal
 from firehose.limits import ConnectionLimits, DeadlineChannel, default_max_connections
 from firehose.metrics import FirehoseCollector, MetricsResource
 from firehose.schema import BATCH_SCHEMA, DELIVERED_SCHEMA
+from firehose.specs import asyncapi, openapi
 from firehose.state import BuildState
 from firehose.transports.longpoll import PollResource
 from firehose.transports.sse import SSEResource
@@ -208,6 +209,8 @@ def build_site(
         root.putChild(b"api", api)
     root.putChild(b"schema", _JSONResource(lambda: {"batch": BATCH_SCHEMA, "event": DELIVERED_SCHEMA}))
     root.putChild(b"health", _JSONResource(lambda: _health(hub, journal)))
+    root.putChild(b"openapi.json", _JSONResource(openapi))
+    root.putChild(b"asyncapi.json", _JSONResource(asyncapi))
     site = FirehoseSite(root, max_body, request_timeout=request_timeout, idle_timeout=idle_timeout, reactor=clock)
     site.connections = ConnectionLimits(
         site, max_connections or default_max_connections(), max_connections_per_address, clock
