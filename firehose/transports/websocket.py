@@ -123,7 +123,6 @@ class FirehoseWebSocket(WebSocketServerProtocol):
         transport.registerProducer(self._producer, True)
         factory = self.factory
         self._bucket = TokenBucket(factory.commands_per_second, factory.command_burst, factory.reactor)
-        factory.connections += 1
 
     def _allowed(self) -> bool:
         """Spend a token for a command (or a ping frame); past the limit, close with 1008."""
@@ -262,9 +261,7 @@ class FirehoseWebSocket(WebSocketServerProtocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._end_all()
-        if self._producer is not None:
-            self.factory.connections -= 1
-            self._producer = None
+        self._producer = None
         super().connectionLost(reason)
 
 
@@ -296,7 +293,6 @@ class FirehoseWebSocketFactory(WebSocketServerFactory):
         self.hub = hub
         self.commands_per_second = commands_per_second
         self.command_burst = command_burst
-        self.connections = 0
         #: Each event's frame, made once for every socket of this hub.
         self.frames = FrameCache(self._frame)
         self.setProtocolOptions(

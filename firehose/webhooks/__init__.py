@@ -53,7 +53,7 @@ if TYPE_CHECKING:
         describe_failure,
         resolver,
     )
-    from firehose.webhooks.api import WebhookAPI, mount
+    from firehose.webhooks.api import WebhookAPI
     from firehose.webhooks.delivery import WebhookStats
     from firehose.webhooks.dispatcher import WebhookDispatcher, make_dispatcher
     from firehose.webhooks.errors import HookConflict, HookNotFound, WebhookError
@@ -77,7 +77,7 @@ _HOMES = {
     "firehose.signing": ("SIGNATURE_HEADER", "TIMESTAMP_HEADER", "sign", "verify"),
     "firehose.webhooks.agent": ("ANSWER_LIMIT", "CheckedEndpointFactory", "DeliveryError", "checked_agent",
                                 "describe_failure", "resolver"),
-    "firehose.webhooks.api": ("WebhookAPI", "mount"),
+    "firehose.webhooks.api": ("WebhookAPI",),
     "firehose.webhooks.delivery": ("WebhookStats",),
     "firehose.webhooks.dispatcher": ("WebhookDispatcher", "make_dispatcher"),
     "firehose.webhooks.errors": ("HookConflict", "HookNotFound", "WebhookError"),
@@ -117,7 +117,6 @@ __all__ = [
     "checked_agent",
     "describe_failure",
     "make_dispatcher",
-    "mount",
     "parse_networks",
     "parse_url",
     "refused_kind",

@@ -131,12 +131,3 @@ _ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 def _id_ok(text: str) -> bool:
     return _ID.fullmatch(text) is not None
 
-
-def mount(root: Resource, dispatcher: WebhookDispatcher, admin_token: str | None) -> None:
-    """Put ``/api/webhooks`` under the site's ``/api`` (made here if nothing else made it)."""
-    api = root.children.get(b"api")
-    if api is None:
-        api = Resource()
-        root.putChild(b"api", api)
-    api.putChild(b"webhooks", WebhookAPI(dispatcher, admin_token))
-

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.web.resource import Resource
+
 from firehose.event import Event
+from firehose.webhooks.api import WebhookAPI
 
 
 def make_event(seq: int, master: str = "m1", incarnation: str = "i1", type: str = "build.started",
@@ -131,3 +134,12 @@ class HeldReads:
             if not self.release():
                 return
         raise AssertionError(f"reads still waiting after {at_most} releases")
+
+
+def webhook_site(dispatcher: Any, admin_token: str | None) -> Resource:
+    """A site holding only ``/api/webhooks`` for ``dispatcher`` (the server's own is built by
+    ``firehose.web.build_site``)."""
+    root, api = Resource(), Resource()
+    root.putChild(b"api", api)
+    api.putChild(b"webhooks", WebhookAPI(dispatcher, admin_token))
+    return root

@@ -35,10 +35,10 @@ from firehose.webhooks import (
     apply_config_table,
     check_address,
     check_url,
-    mount,
     parse_networks,
     parse_url,
 )
+from tests.unit.helpers import webhook_site
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -244,8 +244,7 @@ def test_api_refuses_internal_receivers_with_400() -> None:
     for allow, expected in (([], 400), (["0.0.0.0/0"], 201)):
         dispatcher = WebhookDispatcher(hub, WebhookConfig(allow_networks=allow), MemoryHookStore(), clock,
                                        agent=RequestTraversalAgent(Resource()))
-        site = Resource()
-        mount(site, dispatcher, "adm")
+        site = webhook_site(dispatcher, "adm")
         api = StubTreq(site)
         for url in ("http://169.254.169.254/latest/meta-data/", "http://10.0.0.1:8080/", "http://2130706433/"):
             resp = api.post("http://x/api/webhooks", json={"url": url}, headers={"Authorization": "Bearer adm"}).result

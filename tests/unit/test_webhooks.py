@@ -25,11 +25,10 @@ from firehose.webhooks import (
     WebhookDispatcher,
     WebhookError,
     apply_config_table,
-    mount,
     verify,
     write_json_atomically,
 )
-from tests.unit.helpers import batch
+from tests.unit.helpers import batch, webhook_site
 
 
 class ReceiverResource(Resource):
@@ -173,9 +172,7 @@ def test_json_store_atomic_write_and_load(tmp_path):
 def test_api_auth_and_crud():
     """401 without the token, 403 without a configured token; create/list/patch/delete."""
     s = Setup()
-    site, closed = Resource(), Resource()
-    mount(site, s.dispatcher, "adm")
-    mount(closed, s.dispatcher, None)
+    site, closed = webhook_site(s.dispatcher, "adm"), webhook_site(s.dispatcher, None)
     api = StubTreq(site)
     root = "http://x/api/webhooks"
     assert api.get(root).result.code == 401
@@ -203,8 +200,7 @@ def test_api_status_follows_the_error_type_not_its_text():
     hook is 409; an unknown id is 404, for every method."""
     s = Setup(hooks={"ci": {"url": "http://r.test/", "secret": "c" * 16}})
     s.dispatcher.load()
-    site = Resource()
-    mount(site, s.dispatcher, "adm")
+    site = webhook_site(s.dispatcher, "adm")
     api, root, auth = StubTreq(site), "http://x/api/webhooks", {"Authorization": "Bearer adm"}
 
     def status(method: str, path: str = "", **kw: Any) -> tuple[int, dict[str, Any]]:
