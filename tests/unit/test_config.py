@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from firehose.cli import _parser, config_from_args, main
@@ -62,17 +59,6 @@ def test_bad_config_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     """The command exits 2 with one clear line for a bad token."""
     assert main(["serve", "--master-token", "nonsense"]) == 2
     assert "NAME=TOKEN" in capsys.readouterr().err
-
-
-def test_config_and_cli_import_nothing_of_twisted() -> None:
-    """``firehose.config`` (and so the CLI reading flags and files) imports no Twisted or
-    autobahn: the CLI's client commands and users' tools read settings without the server."""
-    code = (
-        "import sys, firehose.config, firehose.cli; "
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('twisted', 'autobahn')))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
 
 
 def test_webhooks_table_is_read_into_the_config(tmp_path) -> None:
