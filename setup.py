@@ -39,6 +39,11 @@ setup(
             "ruff",
             "mypy",
             "mypy-zope",
+            # The specs (issue #11): validators of /openapi.json and the JSON Schemas, and
+            # schemathesis against a running server.
+            "openapi-spec-validator>=0.7",
+            "jsonschema>=4.18",
+            "schemathesis>=4,<5",
         ],
     },
     entry_points={

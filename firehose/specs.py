@@ -99,10 +99,7 @@ def event_schemas() -> dict[str, dict[str, Any]]:
     data: dict[str, dict[str, Any]] = {}
     for rule in EVENT_SCHEMA["allOf"]:
         entity = rule["if"]["properties"]["type"]["pattern"].lstrip("^").split("\\.")[0]
-        data[_data_name(entity)] = {
-            "title": f"data of {entity}.* events",
-            **_portable(rule["then"]["properties"]["data"]),
-        }
+        data[_data_name(entity)] = _portable(rule["then"]["properties"]["data"])
     batch = _portable(BATCH_SCHEMA)
     batch["items"] = _ref("IngestEvent")
     return {
@@ -503,7 +500,7 @@ def _webhook_paths() -> dict[str, Any]:
     auth["401"]["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
     hook_id = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
     not_found = _errors(s404=("not_found",))
-    secured = [{"adminToken": []}]
+    secured: list[dict[str, list[str]]] = [{"adminToken": []}]
 
     def op(op_id: str, summary: str, responses: dict[str, Any], body: str | None = None,
            links: dict[str, Any] | None = None) -> dict[str, Any]:
