@@ -26,11 +26,17 @@ from firehose._http import (
     query_args,
     single,
 )
-from firehose.filters import Filter, parse_query
+from firehose.filters import Filter, FilterError, parse_query
 from firehose.hub import Hub
-from firehose.state import BuildRecord, BuildState, RecordView, RequestRecord
+from firehose.state import BuildRecord, BuildState, RecordView, RequestRecord, revision_status
 
 _PAGING = ("limit", "offset")
+
+#: Filter fields a request record has (``prop.*``, ``worker`` and ``result`` are the build's).
+_REQUEST_FIELDS = ("master", "builder", "branch", "revision", "project", "repository")
+#: Filter fields a build record has; ``prop.<name>`` too.
+_BUILD_FIELDS = (*_REQUEST_FIELDS, "worker", "result")
+_ALLOW = b"GET, HEAD, OPTIONS"
 
 
 class NotFound(Exception):
@@ -47,21 +53,66 @@ class _Name:
         return (self.name,) if field == "builder" else ()
 
 
+def _not_allowed(request: Request) -> bytes:
+    """The JSON 405 for a method the query API does not answer (Twisted's is an HTML page)."""
+    allow_cors(request)
+    request.setHeader(b"allow", _ALLOW)
+    method = request.method.decode("latin-1", "replace")
+    return error_body(request, 405, "method_not_allowed", f"{method} is not allowed here: use GET")
+
+
 class _Endpoint(ReadResource):
-    """A GET answered by ``answer(args)``; a bad argument is a 400 naming the problem."""
+    """A GET answered by ``answer(args)``; a bad argument is a 400 naming the problem.
+
+    :cvar fields: the filter fields its records have.  Any other stream field (``type``, say:
+        a state record is no event) is a 400 ``bad_filter`` naming the field and these, not a
+        filter that silently matches nothing.
+    :cvar props: whether ``prop.<name>`` fields apply (builds carry properties).
+    :cvar paths: whether a path below the endpoint names something (else it is a 404).
+    """
 
     reserved: tuple[str, ...] = _PAGING
+    fields: tuple[str, ...] = ("builder",)
+    props = False
+    paths = False
 
     def __init__(self, api: ApiResource) -> None:
         super().__init__()
         self.api = api
+
+    def render(self, request: Request) -> bytes | int:
+        if request.method not in _ALLOW.split(b", "):
+            return _not_allowed(request)
+        return super().render(request)
+
+    def check_fields(self, flt: Filter) -> None:
+        """Refuse a filter field this endpoint's records do not have."""
+        for name in flt.as_dict():
+            if name in self.fields or (self.props and name.startswith("prop.")):
+                continue
+            accepted = ", ".join(self.fields) + (" or prop.<name>" if self.props else "")
+            where = self.request_path
+            if not accepted:
+                raise FilterError(f"{where} takes no filter field ({name!r} given)")
+            raise FilterError(f"{where} cannot filter on {name!r} (events have it, its records do not): "
+                              f"use {accepted}")
+
+    @property
+    def request_path(self) -> str:
+        for name, child in self.api.children.items():
+            if child is self:
+                return f"/api/{name.decode()}"
+        return "/api"
 
     def render_GET(self, request: Request) -> bytes:
         allow_cors(request)
         args = query_args(request)
         try:
             flt = parse_query(args, self.reserved)
+            self.check_fields(flt)
             path = [p.decode("utf-8", "replace") for p in request.postpath or () if p]
+            if path and not self.paths:
+                raise NotFound(f"{self.request_path} has no {'/'.join(path)!r} below it")
             body = self.answer(args, flt, path)
         except NotFound as exc:
             return error_body(request, 404, "not_found", str(exc.args[0]))
@@ -122,6 +173,8 @@ def _request_summary(request: RequestRecord, now: float) -> dict[str, Any]:
 class QueueEndpoint(_Endpoint):
     """``/api/queue``: requests waiting to start, oldest first, with how long each has waited."""
 
+    fields = _REQUEST_FIELDS
+
     def answer(self, args: dict[str, list[str]], flt: Filter, path: list[str]) -> dict[str, Any]:
         now = self.now
         waiting = [r for r in self.state.queue() if flt.matches(RecordView(r, "request"))]
@@ -140,6 +193,9 @@ class QueueEndpoint(_Endpoint):
 class RunningEndpoint(_Endpoint):
     """``/api/running``: builds in progress with their current step and elapsed time."""
 
+    fields = _BUILD_FIELDS
+    props = True
+
     def answer(self, args: dict[str, list[str]], flt: Filter, path: list[str]) -> dict[str, Any]:
         now = self.now
         running = sorted((b for b in self.state.running() if flt.matches(RecordView(b, "build"))),
@@ -151,7 +207,17 @@ class RunningEndpoint(_Endpoint):
 
 class BuildsEndpoint(_Endpoint):
     """``/api/builds``: finished builds, newest first; ``/api/builds/<master>/<buildid>``: one
-    build (finished or not) with its steps and properties."""
+    build (finished or not) with its steps and properties.
+
+    With ``revision=``, every build of the revision: queued requests first (oldest first),
+    then running builds (oldest first), then finished ones (newest first), each with its
+    ``status`` (``pending``, ``running``, ``finished``), so "what is left of my push" is one
+    question.
+    """
+
+    fields = _BUILD_FIELDS
+    props = True
+    paths = True
 
     def answer(self, args: dict[str, list[str]], flt: Filter, path: list[str]) -> dict[str, Any]:
         now = self.now
@@ -162,8 +228,22 @@ class BuildsEndpoint(_Endpoint):
             if build is None:
                 raise NotFound(f"no build {path[1]} of master {path[0]!r} is known")
             return {"build": _build_summary(build, now, steps=True)}
-        return self.page(args, (b for b in self.state.finished() if flt.matches(RecordView(b, "build"))), "builds",
-                         lambda b: _build_summary(b, now))
+        finished = (b for b in self.state.finished() if flt.matches(RecordView(b, "build")))
+        if "revision" not in flt.as_dict():
+            return self.page(args, finished, "builds", lambda b: _build_summary(b, now))
+        queued = [r for r in self.state.queue() if flt.matches(RecordView(r, "request"))]
+        running = sorted((b for b in self.state.running() if flt.matches(RecordView(b, "build"))),
+                         key=lambda b: b.get("started_at") or 0)
+
+        def everything() -> Iterable[dict[str, Any]]:
+            for r in queued:
+                yield {**_request_summary(r, now), "status": "pending"}
+            for b in running:
+                yield {**_build_summary(b, now), "status": "running"}
+            for b in finished:
+                yield {**_build_summary(b, now), "status": "finished"}
+
+        return self.page(args, everything(), "builds", dict)
 
 
 class BuildersEndpoint(_Endpoint):
@@ -193,8 +273,19 @@ def _cells(row: dict[str, Any], flt: Filter) -> dict[str, Any]:
     }
 
 
+def _revision(row: dict[str, Any], flt: Filter) -> dict[str, Any]:
+    """A pushlog row as the API shows it: its cells, and the revision's ``state``, ``result``
+    and ``green`` (:func:`firehose.state.revision_status`, narrowed by ``builder=``)."""
+    out = {k: v for k, v in row.items() if k != "builders"}
+    out["builders"] = _cells(row, flt)
+    out["state"], out["result"] = revision_status(row, lambda n: flt.matches(_Name(n)))
+    out["green"] = out["state"] == "done" and out["result"] in ("success", "warnings")
+    return out
+
+
 class RevisionsEndpoint(_Endpoint):
-    """``/api/revisions?branch=B``: the pushlog, newest revision first, each builder's result."""
+    """``/api/revisions?branch=B``: the pushlog, newest revision first, each builder's result,
+    and each revision's overall ``state`` and ``result``."""
 
     reserved = (*_PAGING, "branch")
 
@@ -203,14 +294,7 @@ class RevisionsEndpoint(_Endpoint):
         if branch is None:
             return {"branches": list(reversed(self.state.revisions))}
         rows = self.state.branch_revisions(branch)
-
-        def show(row: dict[str, Any]) -> dict[str, Any]:
-            out = {k: v for k, v in row.items() if k != "builders"}
-            out["builders"] = _cells(row, flt)
-            out["green"] = self.state.is_green(row, lambda n: flt.matches(_Name(n)))
-            return out
-
-        body = self.page(args, rows, "revisions", show)
+        body = self.page(args, rows, "revisions", lambda row: _revision(row, flt))
         body["branch"] = branch
         return body
 
@@ -227,9 +311,7 @@ class LastGreenEndpoint(_Endpoint):
             raise ValueError("'branch' is required")
         for row in self.state.branch_revisions(branch):
             if self.state.is_green(row, lambda n: flt.matches(_Name(n))):
-                out = {k: v for k, v in row.items() if k != "builders"}
-                out["builders"] = _cells(row, flt)
-                return {"branch": branch, "revision": out}
+                return {"branch": branch, "revision": _revision(row, flt)}
         return {"branch": branch, "revision": None}
 
 
@@ -304,6 +386,8 @@ class TrendEndpoint(_Endpoint):
 class MastersEndpoint(_Endpoint):
     """``/api/masters``: masters seen, their status and last heartbeat; and workers."""
 
+    fields = ()
+
     def answer(self, args: dict[str, list[str]], flt: Filter, path: list[str]) -> dict[str, Any]:
         return {
             "masters": [dict(m) for _, m in sorted(self.state.masters.items())],
@@ -331,7 +415,38 @@ class ApiResource(Resource):
     def cursor(self) -> str:
         return self.hub.cursor(self.state.offset)
 
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        """An unknown ``/api/<name>``: a JSON 404 listing the endpoints (Twisted's is HTML)."""
+        if path == b"":
+            return self
+        return _Unknown(self, path.decode("utf-8", "replace"))
+
+    def render(self, request: Request) -> bytes | int:
+        if request.method not in _ALLOW.split(b", "):
+            return _not_allowed(request)
+        return super().render(request)
+
+    def render_OPTIONS(self, request: Request) -> bytes:
+        allow_cors(request)
+        return b""
+
+    def endpoints(self) -> list[str]:
+        return [f"/api/{n}" for n in sorted(k.decode() for k in self.children)]
+
     def render_GET(self, request: Request) -> bytes:
         allow_cors(request)
-        names = sorted(k.decode() for k in self.children)
-        return json_body(request, 200, {"endpoints": [f"/api/{n}" for n in names], "cursor": self.cursor})
+        return json_body(request, 200, {"endpoints": self.endpoints(), "cursor": self.cursor})
+
+
+class _Unknown(ReadResource):
+    """What ``/api/<unknown>`` answers, whatever the method: 404 ``not_found`` in JSON."""
+
+    def __init__(self, api: ApiResource, name: str) -> None:
+        super().__init__()
+        self.api = api
+        self.name = name
+
+    def render(self, request: Request) -> bytes:
+        allow_cors(request)
+        known = ", ".join(self.api.endpoints())
+        return error_body(request, 404, "not_found", f"no endpoint /api/{self.name[:100]}: the endpoints are {known}")

@@ -28,6 +28,14 @@ from firehose.journal import IJournal
 #: Results that make a build count as green: success and warnings (the build did its job).
 GREEN = frozenset({"success", "warnings"})
 
+#: Buildbot's results, worst first (as ``buildbot.process.results.worst_status`` orders them):
+#: the overall result of a revision is the worst of its builds'.
+WORST_FIRST = ("cancelled", "retry", "exception", "failure", "warnings", "success", "skipped")
+
+#: A revision's states: ``pending`` (requested, no build started), ``running`` (some build
+#: running or still queued), ``done`` (every counted build finished).
+REVISION_STATES = ("pending", "running", "done")
+
 Key = tuple[str, int]
 
 
@@ -46,7 +54,53 @@ class RecordView:
         self.kind = kind
 
     def values(self, field: str) -> tuple[str, ...]:
-        return field_values({"type": self.kind, "master": self.record.get("master")}, self.record, field)
+        values = field_values({"type": self.kind, "master": self.record.get("master")}, self.record, field)
+        if field == "revision" and self.record.get("pushed_revision") not in (None, *values):
+            # A build of a branch head is filed under the revision it was asked to build as
+            # well as the one it checked out (``got_revision``), as the pushlog files it.
+            values += (str(self.record["pushed_revision"]),)
+        return values
+
+
+def worst(results: Iterable[str | None]) -> str | None:
+    """The worst of Buildbot results (:data:`WORST_FIRST`); a result Buildbot does not name
+    ranks with ``exception``; ``None`` when there is none."""
+    rank = {name: i for i, name in enumerate(WORST_FIRST)}
+    known = [r for r in results if r is not None]
+    return min(known, key=lambda r: rank.get(r, rank["exception"]), default=None)
+
+
+def revision_status(row: dict[str, Any], builders: Any = None) -> tuple[str, str | None]:
+    """``(state, result)`` of a pushlog row: the one definition of "is this push done, and how
+    did it go", which ``/api/revisions``, ``/api/lastgreen`` and ``is_green`` share.
+
+    The **counted** cells are each builder's newest build or request for the revision
+    (``builders``, a predicate on names, narrows them), leaving out a request cancelled or
+    collapsed (``skipped``) before it got a build: it was superseded.  A build that ended in
+    ``retry`` counts as queued (Buildbot runs it again).  Then:
+
+    * ``pending``: nothing counted has started (every counted cell is a queued request), or
+      nothing has been requested yet; ``result`` is ``None``;
+    * ``running``: some counted build is running or still queued while another has started or
+      finished; ``result`` is ``None``;
+    * ``done``: every counted build finished; ``result`` is the worst of their results.  When
+      nothing counts but superseded requests, the revision is ``done`` with ``cancelled`` or
+      ``skipped``.
+
+    A revision is green when it is ``done`` with ``success`` or ``warnings``.
+    """
+    cells = [cell for name, cell in row["builders"].items() if builders is None or builders(name)]
+    counted = [c for c in cells if c["state"] not in ("cancelled", "skipped")]
+    if not counted:
+        superseded = [c["state"] for c in cells]
+        return ("done", worst(superseded)) if superseded else ("pending", None)
+    waiting = [c for c in counted if c["state"] == "pending" or (c["state"] == "finished" and c["result"] == "retry")]
+    finished = [c for c in counted if c["state"] == "finished" and c not in waiting]
+    if len(waiting) == len(counted):
+        return "pending", None
+    if len(finished) < len(counted):
+        return "running", None
+    return "done", worst(c["result"] or "exception" for c in finished)
 
 
 def _merge(record: dict[str, Any], data: dict[str, Any], keys: Iterable[str]) -> None:
@@ -406,8 +460,5 @@ class BuildState:
         with no counted builder, or one still pending or running, is not green.  A request
         cancelled or collapsed before it got a build does not count (it was superseded).
         """
-        counted = [
-            cell for name, cell in row["builders"].items()
-            if (builders is None or builders(name)) and cell["state"] not in ("cancelled", "skipped")
-        ]
-        return bool(counted) and all(c["state"] == "finished" and c["result"] in GREEN for c in counted)
+        state, result = revision_status(row, builders)
+        return state == "done" and result in GREEN

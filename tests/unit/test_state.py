@@ -169,6 +169,71 @@ class StateTests(SynchronousTestCase):
         self.feed(m)
         self.assertEqual(self.ok("lastgreen?branch=main")["revision"]["revision"], "r5")
 
+    def test_each_revision_has_a_state_and_an_overall_result(self) -> None:
+        """``/api/revisions`` says of each revision whether it is ``pending`` (requested, nothing
+        started), ``running`` (a build running or queued) or ``done``, with the worst result of
+        its builds once done (``null`` before); a build that ended in ``retry`` counts as
+        queued; ``builder=`` narrows what counts, as for green."""
+        self.pushlog_history()
+        m = self.m1
+        m.request("submitted", 20, "linux", "r5", at=T0 + 400)
+        m.request("submitted", 21, "mac", "r5", at=T0 + 400)
+        m.build("finished", 22, "linux", "r6", result="retry", started_at=T0 + 500, at=T0 + 510)
+        m.request("submitted", 23, "linux", "r6", at=T0 + 500)
+        m.build("finished", 24, "linux", "r7", result="success", started_at=T0 + 600, at=T0 + 610)
+        m.build("finished", 25, "mac", "r7", result="exception", started_at=T0 + 600, at=T0 + 610)
+        self.feed(m)
+        body = self.ok("revisions?branch=main")
+        got = {r["revision"]: (r["state"], r["result"], r["green"]) for r in body["revisions"]}
+        self.assertEqual(got, {
+            "r1": ("done", "warnings", True), "r2": ("done", "failure", False), "r3": ("done", "success", True),
+            "r4": ("running", None, False), "r5": ("pending", None, False), "r6": ("pending", None, False),
+            "r7": ("done", "exception", False),
+        })
+        narrowed = {r["revision"]: r["state"] for r in self.ok("revisions?branch=main&builder=mac")["revisions"]}
+        self.assertEqual((narrowed["r4"], narrowed["r7"]), ("pending", "done"))
+
+    def test_last_green_carries_state_and_result(self) -> None:
+        """The revision ``/api/lastgreen`` names is ``done`` with its overall result."""
+        self.pushlog_history()
+        revision = self.ok("lastgreen?branch=main")["revision"]
+        self.assertEqual((revision["revision"], revision["state"], revision["result"]), ("r3", "done", "success"))
+
+    def test_superseded_requests_only_make_a_done_revision_that_is_not_green(self) -> None:
+        """A revision whose only requests were cancelled or collapsed is ``done`` (nothing is
+        left to run) with that result, and not green."""
+        m = self.m1
+        m.request("submitted", 2, "mac", "r8", at=T0)
+        m.request("cancelled", 2, "mac", "r8", at=T0 + 5)
+        self.feed(m)
+        row = self.ok("revisions?branch=main")["revisions"][0]
+        self.assertEqual((row["state"], row["result"], row["green"]), ("done", "cancelled", False))
+
+    def test_builds_of_a_revision_include_queued_and_running(self) -> None:
+        """``/api/builds?revision=R`` lists every build of R: queued requests, running builds and
+        finished builds, each with its ``status``; without ``revision`` it stays the finished
+        builds only."""
+        self.pushlog_history()
+        r4 = self.ok("builds?revision=r4")["builds"]
+        self.assertEqual([(b["status"], b.get("buildid"), b.get("buildrequestid")) for b in r4],
+                         [("pending", None, 9), ("running", 8, 8)])
+        self.m1.build("finished", 8, "linux", "r4", result="success", started_at=T0 + 300, at=T0 + 400)
+        self.feed(self.m1)
+        r4 = self.ok("builds?revision=r4")["builds"]
+        self.assertEqual([(b["status"], b.get("buildid") or b.get("buildrequestid")) for b in r4],
+                         [("pending", 9), ("finished", 8)])
+        self.assertEqual([b["buildid"] for b in self.ok("builds?revision=r3")["builds"]], [7, 6, 5])
+        self.assertNotIn("status", self.ok("builds")["builds"][0])
+        self.assertEqual(len(self.ok("builds")["builds"]), 8)
+
+    def test_builds_of_a_head_build_are_found_by_the_requested_revision(self) -> None:
+        """A build asked for revision R that checked out another ``got_revision`` is found by
+        ``revision=R`` too (the pushlog files it under R)."""
+        self.m1.build("started", 1, "linux", "abc", started_at=T0, at=T0,
+                      sourcestamps=[{"revision": "r9", "branch": "main"}])
+        self.feed(self.m1)
+        self.assertEqual([b["buildid"] for b in self.ok("builds?revision=r9")["builds"]], [1])
+
     def test_lastgreen_needs_branch(self) -> None:
         """A missing ``branch`` is a 400 that says so."""
         code, body = self.get("lastgreen")
