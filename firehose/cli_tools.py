@@ -85,12 +85,14 @@ def add_commands(commands: Any) -> None:
     query = commands.add_parser(
         "query", help="ask the /api/ query endpoints",
         description="GET /api/ENDPOINT with filters and print the JSON answer "
-        "(endpoints: queue, running, builds, builders, revisions, lastgreen, steps, trend, masters).",
-        epilog="exit codes: 0 answered; 2 error. Example: firehose query URL builds builder=linux* limit=5",
+        "(endpoints: queue, running, builds, builds/MASTER/BUILDID, builders, revisions, lastgreen, "
+        "steps, trend, masters; without ENDPOINT, the server's own list).",
+        epilog="exit codes: 0 answered; 2 error. Examples: firehose query URL builds builder=linux* limit=5; "
+        "firehose query URL builds/bm1/1234; firehose query URL revisions branch=main",
     )
     query.add_argument("url", metavar="URL", help="the server, e.g. http://127.0.0.1:8080")
     query.add_argument("endpoint", metavar="ENDPOINT", nargs="?", default="",
-                       help="e.g. queue, running, builds/123 (none: list the endpoints)")
+                       help="e.g. queue, running, builds/MASTER/BUILDID (none: list the endpoints)")
     query.add_argument("params", metavar="NAME=VALUE", nargs="*", help="filters and paging (limit, offset)")
 
 

@@ -191,3 +191,27 @@ def test_wait_follows_a_build_whose_finish_names_its_got_revision(module_server,
     code, out, err = main(capsys, "wait", module_server.url, "--revision", "eee555", "--timeout", "10s")
     assert code == 0, out + err
     assert "all 1 succeeded" in out
+
+
+def test_query_without_endpoint_lists_them_and_help_names_only_real_ones(module_server, capsys):
+    """``firehose query URL`` prints the server's endpoint list (it was a 404); every endpoint
+    listed is named in ``query --help``, the help's build example is a path that answers
+    (``builds/MASTER/BUILDID``, not ``builds/123``), and an unknown endpoint is one clear line
+    naming the real ones."""
+    code, out, err = main(capsys, "query", module_server.url)
+    assert code == 0, err
+    endpoints = json.loads(out)["endpoints"]
+    assert "/api/builds" in endpoints and "/api/revisions" in endpoints
+    _, helptext, _ = main(capsys, "query", "--help")
+    helptext = " ".join(helptext.split())
+    assert "builds/123" not in helptext and "builds/MASTER/BUILDID" in helptext
+    for name in ("queue", "running", "builds", "builders", "revisions", "lastgreen", "steps", "trend", "masters"):
+        assert f"/api/{name}" in endpoints and name in helptext
+    m = Master("m2", "query-one")
+    module_server.ingest([m.event("build.started", builder="linux", buildid=777)])
+    code, out, err = main(capsys, "query", module_server.url, "builds/m2/777")
+    assert code == 0, err
+    assert json.loads(out)["build"]["buildid"] == 777
+    code, out, err = main(capsys, "query", module_server.url, "nope")
+    assert code == 2 and out == ""
+    assert err.startswith("firehose: not_found: no endpoint /api/nope") and "/api/queue" in err
