@@ -34,9 +34,10 @@ class ApiFromRealMasterTest(RealServerTestBase):
 
     @defer.inlineCallbacks
     def test_api_describes_the_builds_the_master_ran(self) -> Any:
-        """Pushlog, last green (all builders, and narrowed to one), a build with steps,
-        properties and links, step timings, trend, queue, running and the cursor all agree
-        with what the master did."""
+        """Pushlog (each revision done, failed overall, green on linux alone), last green (all
+        builders, and narrowed to one), every build of a revision with its status, a build
+        with steps, properties and links, step timings, trend, queue, running and the cursor
+        all agree with what the master did."""
         tested = yield self.master()
         master = tested.master
         for n, rev in enumerate((REV_A, REV_B)):
@@ -52,12 +53,23 @@ class ApiFromRealMasterTest(RealServerTestBase):
             self.assertEqual((cells["linux-build"]["state"], cells["linux-build"]["result"]), ("finished", "success"))
             self.assertEqual((cells["flaky-tests"]["state"], cells["flaky-tests"]["result"]), ("finished", "failure"))
             self.assertEqual((row["author"], row["green"]), ("Ann <ann@example.invalid>", False))
+            self.assertEqual((row["state"], row["result"]), ("done", "failure"))
         self.assertNotIn(GOT_REVISION, [r["revision"] for r in revs["revisions"]])
+        narrowed = yield api("/api/revisions", branch="main", builder="linux-*")
+        self.assertEqual([(r["state"], r["result"], r["green"]) for r in narrowed["revisions"]],
+                         [("done", "success", True)] * 2)
+
+        # Every build of a revision in one question; the builds checked out GOT_REVISION but
+        # are found by the revision they were asked to build.
+        of_a = yield api("/api/builds", revision=REV_A)
+        self.assertEqual(sorted((b["builder"], b["status"], b["result"]) for b in of_a["builds"]),
+                         [("flaky-tests", "finished", "failure"), ("linux-build", "finished", "success")])
 
         green = yield api("/api/lastgreen", branch="main")
         self.assertIsNone(green["revision"])
         green = yield api("/api/lastgreen", branch="main", builder="linux-*")
         self.assertEqual(green["revision"]["revision"], REV_B)
+        self.assertEqual((green["revision"]["state"], green["revision"]["result"]), ("done", "success"))
 
         failures = yield api("/api/builds", builder="flaky-tests", result="failure")
         self.assertEqual(len(failures["builds"]), 2)
