@@ -12,6 +12,10 @@ read back from the journal for a replay are new objects each time, and they find
 live delivery (or another replay) already made.  It is bounded by count and by bytes, oldest out
 first; a replay far behind the head may frame again what fell out, which costs what it did
 before there was a cache and nothing more.
+
+A transport that offers several formats (``format=cloudevents``) keeps one cache per format
+(:func:`per_format`): each event is framed once per format that some subscriber asked for, and
+the default format's cache, its hot path, is the one it always had.
 """
 
 from __future__ import annotations
@@ -84,6 +88,10 @@ class FrameCache:
         self._last_data = data
         return data
 
+    def frame(self, event: Event) -> bytes:
+        """The frame of one event (made now if it is not cached)."""
+        return self._frames.get(event.cursor) or self._add(event)
+
     def _add(self, event: Event) -> bytes:
         frame = self._make(event)
         key = event.cursor
@@ -94,3 +102,10 @@ class FrameCache:
         while len(order) > 1 and (len(order) > self.size or self._bytes > self.max_bytes):
             self._bytes -= len(frames.pop(order.popleft()))
         return frame
+
+
+def per_format(makers: dict[str, Callable[[Event], bytes]]) -> dict[str, FrameCache]:
+    """One :class:`FrameCache` per format, by name (``firehose``, ``cloudevents``): a cache
+    is filled only by the subscribers of its own format, so offering a format nobody asks
+    for costs nothing per event."""
+    return {name: FrameCache(make) for name, make in makers.items()}

@@ -4,6 +4,10 @@ A browser's ``EventSource`` reconnects by itself with ``Last-Event-ID``, so resu
 code in the page.  A subscriber too slow to keep up gets an ``event: gap`` whose ``id:`` is its
 resume cursor, and the stream ends: the reconnect then replays from the journal at the reader's
 own pace.  Comment lines every ``heartbeat`` seconds keep proxies from closing a quiet stream.
+
+``format=cloudevents`` makes each ``data:`` a structured CloudEvent (:mod:`firehose.cloudevents`);
+``id:`` (the cursor, which is also the CloudEvent's ``id``) and ``event:`` (the firehose type, so
+the same ``EventSource`` listeners work) stay, and gaps keep their own shape.
 """
 
 from __future__ import annotations
@@ -14,14 +18,15 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.web.server import NOT_DONE_YET, Request
 
+from firehose import cloudevents
 from firehose._http import ReadResource, allow_cors, bad_argument, query_args, single
 from firehose.event import Event, dumps
 from firehose.filters import parse_query
 from firehose.hub import Hub, Subscription
 from firehose.transports import SubscriptionProducer
-from firehose.transports.frames import FrameCache
+from firehose.transports.frames import FrameCache, per_format
 
-RESERVED = ("since",)
+RESERVED = ("since", "format")
 
 
 def sse_frame(event: Event) -> bytes:
@@ -29,6 +34,14 @@ def sse_frame(event: Event) -> bytes:
     return (
         b"id: " + event.cursor.encode() + b"\nevent: " + event.type.encode()
         + b"\ndata: " + event.encoded + b"\n\n"
+    )
+
+
+def sse_cloudevent_frame(event: Event) -> bytes:
+    """The event as one SSE message whose data is a structured CloudEvent."""
+    return (
+        b"id: " + event.cursor.encode() + b"\nevent: " + event.type.encode()
+        + b"\ndata: " + cloudevents.encode(event) + b"\n\n"
     )
 
 
@@ -70,8 +83,9 @@ class SSEResource(ReadResource):
         self.clock = clock
         self.heartbeat = heartbeat
         self._streams: dict[_SSESink, None] = {}
-        #: Each event's SSE message, made once for every stream.
-        self.frames = FrameCache(sse_frame)
+        #: Each event's SSE message in each format, made once for every stream of that format.
+        self.formats = per_format({cloudevents.FIREHOSE: sse_frame, cloudevents.CLOUDEVENTS: sse_cloudevent_frame})
+        self.frames = self.formats[cloudevents.FIREHOSE]
         self._beat = LoopingCall(self._keepalive)
         self._beat.clock = clock
 
@@ -83,8 +97,8 @@ class SSEResource(ReadResource):
     def render_GET(self, request: Request) -> bytes | int:
         allow_cors(request)
         args = query_args(request)
-        sink = _SSESink(request, self.frames)
         try:
+            sink = _SSESink(request, self.formats[cloudevents.parse_format(single(args, "format"))])
             header = request.getHeader(b"last-event-id")
             since = header.decode("utf-8", "replace").strip() if header else single(args, "since")
             sub = self.hub.subscribe(sink, parse_query(args, RESERVED), since, "sse")

@@ -1,6 +1,7 @@
 """``GET /ws``: WebSocket (autobahn), one JSON object per message.
 
-The client sends commands: ``{"cmd": "subscribe", "filter": {...}, "since": "<cursor>"}``,
+The client sends commands: ``{"cmd": "subscribe", "filter": {...}, "since": "<cursor>"}``
+(``"format": "cloudevents"`` for events as structured CloudEvents, :mod:`firehose.cloudevents`),
 ``{"cmd": "unsubscribe"}`` and ``{"cmd": "ping"}``.  A new ``subscribe`` replaces the previous
 subscription on the same socket.  Control messages carry a ``type`` without a dot
 (``subscribed``, ``unsubscribed``, ``gap``, ``pong``, ``error``); event types always have one.
@@ -11,9 +12,9 @@ commands are not read while the socket's send buffer is full (a client that does
 answers cannot make the server write more), and at most one journal read of a replay is in
 flight per socket however many times the client resubscribes.
 
-Fan-out cost is kept per event, not per delivery: each event is framed once (a prepared message,
-kept in the factory's :class:`~firehose.transports.frames.FrameCache`) and a batch of events goes
-to a socket in one write.  Compression is refused, because permessage-deflate would compress per
+Fan-out cost is kept per event, not per delivery: each event is framed once per format (a
+prepared message, kept in the factory's :class:`~firehose.transports.frames.FrameCache` of that
+format) and a batch of events goes to a socket in one write.  Compression is refused, because permessage-deflate would compress per
 connection and defeat the prepared frame.
 """
 
@@ -27,13 +28,14 @@ from autobahn.websocket.types import ConnectionRequest
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
+from firehose import cloudevents
 from firehose.cursor import CursorError
 from firehose.event import Event, dumps, loads
 from firehose.filters import FilterError, parse_json
 from firehose.hub import Hub, Subscription
 from firehose.limits import TokenBucket
 from firehose.transports import SubscriptionProducer, plain_tcp, write_now
-from firehose.transports.frames import FrameCache
+from firehose.transports.frames import FrameCache, per_format
 
 CLOSE_POLICY_VIOLATION = 1008
 #: Longest piece of a client's own input quoted back in an error message.
@@ -72,14 +74,16 @@ class _Feed:
     reads only then, so a flood of ``subscribe`` holds one read per socket, not one per command.
     """
 
-    def __init__(self, ws: FirehoseWebSocket) -> None:
+    def __init__(self, ws: FirehoseWebSocket, frames: FrameCache) -> None:
         self.ws = ws
+        #: The frames of the format this subscription asked for.
+        self.frames = frames
         self.current = True
         self.subscription: Subscription | None = None
 
     def send(self, events: list[Event]) -> None:
         if self.current:
-            self.ws._send_events(events)
+            self.ws._send_events(self.frames.join(events))
 
     def gap(self, gap: dict[str, Any], final: bool) -> None:
         if self.current:
@@ -166,11 +170,18 @@ class FirehoseWebSocket(WebSocketServerProtocol):
         since = msg.get("since")
         if since is not None and not isinstance(since, str):
             return self._error("bad_cursor", "'since' must be a cursor string")
+        fmt = msg.get("format")
+        if fmt is not None and not isinstance(fmt, str):
+            return self._error("bad_command", "'format' must be a string")
+        try:
+            fmt = cloudevents.parse_format(fmt)
+        except ValueError as exc:
+            return self._error("bad_command", str(exc))
         try:
             flt = parse_json(msg.get("filter"))
         except FilterError as exc:
             return self._error("bad_filter", str(exc))
-        feed = _Feed(self)
+        feed = _Feed(self, self.factory.formats[fmt])
         try:
             sub = self.factory.hub.subscribe(feed, flt, since, "websocket")
         except CursorError as exc:
@@ -182,7 +193,7 @@ class FirehoseWebSocket(WebSocketServerProtocol):
         if self._producer is not None:
             self._producer.attach(None if waits else sub)
         self._control(
-            {"type": "subscribed", "filter": flt.as_dict(), "cursor": self.factory.hub.head_cursor}
+            {"type": "subscribed", "filter": flt.as_dict(), "format": fmt, "cursor": self.factory.hub.head_cursor}
         )
         if waits:
             self._deferred_start = sub  # its position is fixed: it misses nothing by waiting
@@ -230,10 +241,10 @@ class FirehoseWebSocket(WebSocketServerProtocol):
 
     # What the current subscription's feed hands over.
 
-    def _send_events(self, events: list[Event]) -> None:
+    def _send_events(self, data: bytes) -> None:
+        """Send the frames of a batch of events (made by the subscription's frame cache)."""
         if self.state != WebSocketServerProtocol.STATE_OPEN:
             return
-        data = self.factory.frames.join(events)
         if self.send_queue:  # autobahn has chopped or synchronous writes pending: keep order
             self.sendData(data)
         elif self._tcp is not None:
@@ -280,6 +291,10 @@ class FirehoseWebSocketFactory(WebSocketServerFactory):
         factory's frame cache: built once, the same bytes then go to every socket."""
         return self.prepareMessage(event.encoded, isBinary=False, doNotCompress=True).payloadHybi
 
+    def _cloudevent_frame(self, event: Event) -> bytes:
+        """One event as a text frame holding a structured CloudEvent (``format=cloudevents``)."""
+        return self.prepareMessage(cloudevents.encode(event), isBinary=False, doNotCompress=True).payloadHybi
+
     def __init__(
         self,
         hub: Hub,
@@ -293,8 +308,9 @@ class FirehoseWebSocketFactory(WebSocketServerFactory):
         self.hub = hub
         self.commands_per_second = commands_per_second
         self.command_burst = command_burst
-        #: Each event's frame, made once for every socket of this hub.
-        self.frames = FrameCache(self._frame)
+        #: Each event's frame in each format, made once for every socket of this hub asking for it.
+        self.formats = per_format({cloudevents.FIREHOSE: self._frame, cloudevents.CLOUDEVENTS: self._cloudevent_frame})
+        self.frames = self.formats[cloudevents.FIREHOSE]
         self.setProtocolOptions(
             maxFramePayloadSize=max_message,
             maxMessagePayloadSize=max_message,

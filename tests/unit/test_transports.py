@@ -251,7 +251,7 @@ class WebSocketTests(SynchronousTestCase):
         """``subscribe`` is acknowledged with the filter and head cursor, then events flow."""
         self.append(1, 2)
         acks = self.send({"cmd": "subscribe", "filter": {"builder": "linux"}})
-        self.assertEqual(acks, [{"type": "subscribed", "filter": {"builder": ["linux"]}, "cursor": "e1:2"}])
+        self.assertEqual(acks, [{"type": "subscribed", "filter": {"builder": ["linux"]}, "format": "firehose", "cursor": "e1:2"}])
         self.append(3, 4)
         self.assertEqual([m["id"] for m in self.flush()], ["e1:3", "e1:4"])
 
