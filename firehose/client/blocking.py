@@ -163,7 +163,17 @@ class Stream:
                 self.connected = True
                 self._down_since = None
                 self.backoff.reset()
-                return self._parse(answer)
+                items, after = self._parse(answer)
+                if self.cursor is None and not items:
+                    # "Now" is pinned; the poll the caller asked for (held) follows from it.
+                    self.cursor = after
+                    left = self._hold(hold)
+                    if left is None:
+                        self.timed_out = True
+                        return [], after
+                    hold = left
+                    continue
+                return items, after
             self._retry_or_raise(problem)
             if self._hold() is None:
                 self.timed_out = True

@@ -104,6 +104,16 @@ def test_stream_started_live_pins_now_before_an_outage():
     assert len(sleeps) == 2 and s.cursor == "e:9"
 
 
+def test_stream_fetch_from_now_still_waits_after_pinning():
+    """``fetch(timeout)`` on a stream started from now pins the head (a ``timeout=0`` poll)
+    and then holds the poll the caller asked for, from that head: it does not come back
+    empty at once just because the head was learnt first."""
+    s, opener, _ = make_stream([{"events": [], "cursor": "e:3"}, {"events": [ev(4)], "cursor": "e:4"}])
+    assert [e["seq"] for e in s.fetch(timeout=5)] == [4]
+    assert "timeout=0&" in opener.urls[0] and "since=e%3A3" in opener.urls[1] and "timeout=5.000" in opener.urls[1]
+    assert s.cursor == "e:4"
+
+
 def test_stream_gaps_lost_are_surfaced_slow_is_not():
     """An expired gap is yielded as a Gap (or given to on_gap); a slow gap just moves on."""
     gap = {"type": "gap", "reason": "expired", "since": "e:1", "cursor": "e:9", "earliest": "e:9"}
