@@ -248,7 +248,9 @@ class Subscription:
             self._replay()
 
     def _attach(self) -> None:
-        if not self._attached:
+        # Never a closed subscription: a sink may end it from inside any call (a poll answers
+        # from ``gap`` or ``send``), and the replay loop must not put it back on the feed.
+        if not self._attached and not self.closed:
             self._attached = True
             self.hub.attach(self)
 
@@ -291,6 +293,8 @@ class Subscription:
             while not self.closed and not self.paused:
                 if self.seen < journal.earliest - 1:
                     self._expired(journal.earliest - 1)
+                    if self.closed:
+                        return  # the sink ended the subscription on being told of the gap
                 if journal.head - self.seen <= self.page_size:
                     self._attach()
                 head = journal.head
@@ -301,8 +305,12 @@ class Subscription:
                 if first > self.seen + 1:
                     # Retention removed events between the read being queued and running.
                     self._expired(first - 1)
+                    if self.closed:
+                        return
                 if not self._deliver(page):
                     continue  # the socket filled up: the rest of the page stays in the journal
+                if self.closed:
+                    return  # the sink had all it wanted (a poll that reached its limit)
                 if len(page) < self.page_size and self._attached:
                     self._go_live()
                     return

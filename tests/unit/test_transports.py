@@ -16,6 +16,7 @@ from firehose.event import dumps, loads
 from firehose.hub import Hub
 from firehose.ingest import MasterTokens
 from firehose.journal import MemoryJournal
+from firehose.transports.longpoll import PollResource
 from firehose.transports.websocket import FirehoseWebSocketFactory
 from firehose.web import build_site
 from tests.unit.helpers import HeldReads, batch
@@ -65,13 +66,14 @@ class LongPollTests(_Base):
         self.assertEqual([e["seq"] for e in body["events"]], [3])
 
     def test_timeout_returns_empty_with_cursor(self) -> None:
-        """After ``timeout`` seconds the answer is empty, with a cursor past what was scanned."""
+        """After ``timeout`` seconds the answer is empty, with a cursor past what was scanned,
+        caught up (``more`` false) with the head it names."""
         self.append(1, 2)
         d = self.get("since=e1:2&timeout=5&builder=mac")
         self.append(3, 4, builder="linux")
         self.clock.advance(5)
         code, body = self.json(d)
-        self.assertEqual((code, body), (200, {"events": [], "cursor": "e1:4"}))
+        self.assertEqual((code, body), (200, {"events": [], "cursor": "e1:4", "more": False, "head": "e1:4"}))
 
     def test_limit_caps_the_answer_and_cursor_follows(self) -> None:
         """``limit`` caps the events per answer; the cursor names the last one returned."""
@@ -463,18 +465,24 @@ class LongPollReplayTests(_Base):
         body = self.successResultOf(response.json())
         self.assertEqual([e["seq"] for e in body["events"]], [1, 2, 3])
 
-    def test_timeout_answers_after_one_page_with_progress(self) -> None:
-        """A poll whose filter matches nothing in a long journal answers at its timeout once the
-        page being read is done, with a cursor past that page: the next poll goes on from there
-        instead of holding the request (and the reader) until the whole journal is scanned."""
+    def test_scan_budget_answers_with_progress_and_more(self) -> None:
+        """A poll whose filter matches nothing in a long journal answers once it has examined
+        ``max_scan`` events (whole pages), with a cursor past them and ``more``: the next poll
+        goes on from there instead of holding the request (and the reader) until the whole
+        journal is scanned.  Its timeout passing meanwhile does not cut the pages short."""
+        client = StubTreq(PollResource(self.hub, self.clock, max_scan=20))
         self.append(1, 35)  # pages of 10
         reads = HeldReads(self.journal)
-        d = self.client.get("http://firehose.test/poll?since=e1:0&timeout=1&builder=nomatch")
+        d = client.get("http://firehose.test/?since=e1:0&timeout=1&builder=nomatch")
         self.clock.advance(1)
-        self.client.flush()
+        client.flush()
         self.assertNoResult(d)
-        reads.release()
-        self.client.flush()
+        self.assertTrue(reads.release())
+        client.flush()
+        self.assertNoResult(d)  # one page read: not the budget yet, and the timeout waits for it
+        self.assertTrue(reads.release())
+        client.flush()
         body = self.successResultOf(self.successResultOf(d).json())
-        self.assertEqual(body, {"events": [], "cursor": "e1:10"})
+        self.assertEqual(body, {"events": [], "cursor": "e1:20", "more": True, "head": "e1:35"})
+        self.assertEqual(self.hub.stats.subscribers["longpoll"], 0)
 
