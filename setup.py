@@ -44,6 +44,9 @@ setup(
             "openapi-spec-validator>=0.7",
             "jsonschema>=4.18",
             "schemathesis>=4,<5",
+            # CloudEvents (issue #11): the SDK parses and validates what format=cloudevents
+            # emits; the tests use its 2.x core API (cloudevents.core).
+            "cloudevents>=2.2,<3",
         ],
     },
     entry_points={
