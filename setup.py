@@ -47,6 +47,9 @@ setup(
             # CloudEvents (issue #11): the SDK parses and validates what format=cloudevents
             # emits; the tests use its 2.x core API (cloudevents.core).
             "cloudevents>=2.2,<3",
+            # Standard Webhooks (issue #11): a receiver built with the reference library
+            # verifies our deliveries unmodified.
+            "standardwebhooks>=1.0,<2",
         ],
     },
     entry_points={

@@ -19,7 +19,7 @@ from typing import Any
 
 from firehose.schema import MASTER_NAME_PATTERN
 from firehose.webhooks.errors import WebhookError
-from firehose.webhooks.hooks import check_filter
+from firehose.webhooks.hooks import check_filter, check_format, check_previous_secrets, check_secret
 from firehose.webhooks.urls import parse_networks, parse_url
 
 #: Where the server listens by default: loopback only, so nothing is exposed by accident.
@@ -64,7 +64,8 @@ class WebhookConfig:
     """The ``[webhooks]`` part of the server configuration.
 
     :param admin_token: bearer token of ``/api/webhooks``; without one the API answers 403.
-    :param hooks: hooks defined in the config file: ``{name: {"url", "secret", "filter"}}``.
+    :param hooks: hooks defined in the config file: ``{name: {"url", "secret", "filter",
+        "previous_secrets", "format"}}``.
     :param state_path: the JSON state file; default ``<db>.webhooks.json`` (nothing is kept
         with a ``:memory:`` journal).
     :param max_failures: consecutive failed deliveries before a hook is disabled.
@@ -120,7 +121,7 @@ def apply_config_table(table: Mapping[str, Any], config: WebhookConfig) -> Webho
     for name, spec in (table.get("hooks") or {}).items():
         if not isinstance(spec, Mapping):
             raise WebhookError(f"[webhooks.hooks.{name}] must be a table with url, secret, filter")
-        extra = set(spec) - {"url", "secret", "filter"}
+        extra = set(spec) - {"url", "secret", "filter", "previous_secrets", "format"}
         if extra:
             raise WebhookError(f"[webhooks.hooks.{name}]: unknown keys {sorted(extra)}")
         if not spec.get("secret"):
@@ -129,6 +130,9 @@ def apply_config_table(table: Mapping[str, Any], config: WebhookConfig) -> Webho
             # Its address is checked when the dispatcher loads, once flags have added networks.
             parse_url(spec.get("url"))
             check_filter(spec.get("filter"))
+            check_secret(str(spec["secret"]), min_length=1)
+            check_previous_secrets(spec.get("previous_secrets", []), min_length=1)
+            check_format(spec.get("format"))
         except WebhookError as exc:
             raise WebhookError(f"[webhooks.hooks.{name}]: {exc}") from None
         config.hooks[str(name)] = dict(spec)

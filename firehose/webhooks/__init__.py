@@ -14,7 +14,15 @@ is shown by the API; ``PATCH {"active": true}`` re-enables it from where it stop
 
 Signature: ``X-Firehose-Signature: sha256=<hex HMAC-SHA256 of the raw body with the hook's
 secret>``; ``X-Firehose-Timestamp`` repeats the body's ``sent_at`` (which the signature covers),
-so receivers can refuse stale replays.  See docs/client.md.
+so receivers can refuse stale replays.  Beside it, the Standard Webhooks headers
+(``webhook-id``, ``webhook-timestamp``, ``webhook-signature``), signed by every active secret
+of the hook, so receivers verify with that scheme's libraries and secrets rotate without
+downtime.  See docs/client.md.
+
+The body is the hook's ``format``: the firehose batch, or CloudEvents (a structured batch, or
+binary mode, one event per POST).  Each hook's last attempts are kept in a bounded in-memory
+log (``GET /api/webhooks/<id>/deliveries``), and ``POST /api/webhooks/<id>/redeliver`` moves a
+hook's cursor back for a receiver that lost data.
 
 Hooks come from ``POST /api/webhooks`` (``Authorization: Bearer <admin token>``) or from the
 ``[webhooks]`` table of the server's config file.  Their state (cursor, failures) lives in a
@@ -24,7 +32,10 @@ The package, one job per module:
 
 - :mod:`~firehose.webhooks.errors`: what can go wrong, as types (the API maps them to statuses);
 - :mod:`~firehose.webhooks.urls`: the URL parser and the address policy (pure);
-- :mod:`~firehose.webhooks.hooks`: a hook's persisted record and its filter check (pure);
+- :mod:`~firehose.webhooks.hooks`: a hook's persisted record and the checks of its filter,
+  secrets and format (pure);
+- :mod:`~firehose.webhooks.bodies`: what a POST holds, by the hook's format (pure);
+- :mod:`~firehose.webhooks.log`: a hook's bounded log of delivery attempts (pure);
 - :mod:`~firehose.webhooks.store`: where hook state is kept (memory, an atomic JSON file);
 - :mod:`~firehose.webhooks.agent`: the HTTP POST, connecting only to checked addresses;
 - :mod:`~firehose.webhooks.delivery`: one hook's subscription, batches and retries;
@@ -44,7 +55,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from firehose.config import ADMIN_TOKEN_ENV, WebhookConfig, apply_config_table
-    from firehose.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign, verify
+    from firehose.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign, verify, verify_standard
     from firehose.webhooks.agent import (
         ANSWER_LIMIT,
         CheckedEndpointFactory,
@@ -74,7 +85,7 @@ if TYPE_CHECKING:
 #: Where each public name lives.
 _HOMES = {
     "firehose.config": ("ADMIN_TOKEN_ENV", "WebhookConfig", "apply_config_table"),
-    "firehose.signing": ("SIGNATURE_HEADER", "TIMESTAMP_HEADER", "sign", "verify"),
+    "firehose.signing": ("SIGNATURE_HEADER", "TIMESTAMP_HEADER", "sign", "verify", "verify_standard"),
     "firehose.webhooks.agent": ("ANSWER_LIMIT", "CheckedEndpointFactory", "DeliveryError", "checked_agent",
                                 "describe_failure", "resolver"),
     "firehose.webhooks.api": ("WebhookAPI",),
@@ -123,6 +134,7 @@ __all__ = [
     "resolver",
     "sign",
     "verify",
+    "verify_standard",
     "write_json_atomically",
 ]
 

@@ -1,4 +1,5 @@
-"""``/api/webhooks``: register, list, show, change and remove hooks, for the admin token only.
+"""``/api/webhooks``: register, list, show, change and remove hooks, read a hook's delivery
+log and ask for a redelivery, for the admin token only.
 
 A thin resource over :class:`~firehose.webhooks.dispatcher.WebhookDispatcher`: it reads the
 request, calls the dispatcher, and maps the type of a refusal to its status
@@ -24,7 +25,9 @@ from firehose.webhooks.hooks import Hook
 
 
 class WebhookAPI(Resource):
-    """``/api/webhooks`` (list, register) and ``/api/webhooks/<id>`` (show, change, delete).
+    """``/api/webhooks`` (list, register), ``/api/webhooks/<id>`` (show, change, delete),
+    ``/api/webhooks/<id>/deliveries`` (its last attempts, newest first) and
+    ``/api/webhooks/<id>/redeliver`` (POST ``{"since": <cursor> | "earliest"}``).
 
     Every call needs ``Authorization: Bearer <admin token>``; the token is compared in constant
     time.  Without a configured admin token the API answers 403 to everyone.
@@ -63,12 +66,20 @@ class WebhookAPI(Resource):
                     return json_body(request, 200, {"deleted": hook.id})
                 if method == "PATCH":
                     return self._change(request, hook)
+            elif len(path) == 2 and path[1] in _ACTIONS:
+                hook = self.dispatcher.get(path[0])
+                if path[1] == "deliveries" and method == "GET":
+                    log = self.dispatcher.delivery_log(hook.id)
+                    return json_body(request, 200, {"hook": hook.id, "deliveries": log.newest_first()})
+                if path[1] == "redeliver" and method == "POST":
+                    return self._redeliver(request, hook)
             else:
                 return error_body(request, 404, "not_found", "no such resource")
         except WebhookError as exc:
             status, code = _status(exc)
             return error_body(request, status, code, str(exc))
-        request.setHeader(b"allow", b"GET, POST" if not path else b"GET, PATCH, DELETE")
+        allow = b"GET, POST" if not path else b"GET, PATCH, DELETE" if len(path) == 1 else _ACTIONS[path[1]]
+        request.setHeader(b"allow", allow)
         return error_body(request, 405, "method_not_allowed", f"{method} is not allowed here")
 
     def _json(self, request: Request) -> dict[str, Any]:
@@ -83,17 +94,15 @@ class WebhookAPI(Resource):
 
     def _create(self, request: Request) -> bytes:
         body = self._json(request)
-        unknown = set(body) - {"url", "filter", "secret", "since", "id"}
+        unknown = set(body) - _CREATE_FIELDS
         if unknown:
-            raise WebhookError(f"unknown fields {sorted(unknown)}: use url, filter, secret, since, id")
-        secret = body.get("secret")
-        if secret is not None and (not isinstance(secret, str) or len(secret) < 16):
-            raise WebhookError("'secret' must be a string of at least 16 characters")
+            raise WebhookError(f"unknown fields {sorted(unknown)}: use {', '.join(sorted(_CREATE_FIELDS))}")
         hook_id = body.get("id")
         if hook_id is not None and (not isinstance(hook_id, str) or not _id_ok(hook_id)):
             raise WebhookError("'id' may hold 1-64 letters, digits, '.', '_' and '-'")
         try:
-            hook = self.dispatcher.add(body.get("url"), body.get("filter"), secret, body.get("since"), hook_id)
+            hook = self.dispatcher.add(body.get("url"), body.get("filter"), body.get("secret"), body.get("since"),
+                                       hook_id, body.get("previous_secrets"), body.get("format"))
         except CursorError as exc:
             return error_body(request, 400, "bad_cursor", str(exc))
         out = self.dispatcher.view(hook)
@@ -103,12 +112,24 @@ class WebhookAPI(Resource):
 
     def _change(self, request: Request, hook: Hook) -> bytes:
         body = self._json(request)
-        if set(body) != {"active"} or not isinstance(body["active"], bool):
-            raise WebhookError('PATCH takes {"active": true} or {"active": false}')
-        if body["active"]:
+        if not body or set(body) - _CHANGE_FIELDS or not isinstance(body.get("active", True), bool):
+            raise WebhookError('PATCH takes {"active": true|false} and/or "secret", "previous_secrets", "format"')
+        if set(body) & {"secret", "previous_secrets", "format"}:
+            self.dispatcher.change(hook.id, body.get("secret"), body.get("previous_secrets"), body.get("format"))
+        if body.get("active") is True:
             self.dispatcher.enable(hook.id)
-        else:
+        elif body.get("active") is False:
             self.dispatcher.disable(hook.id)
+        return json_body(request, 200, self.dispatcher.view(hook))
+
+    def _redeliver(self, request: Request, hook: Hook) -> bytes:
+        body = self._json(request)
+        if set(body) != {"since"}:
+            raise WebhookError('redeliver takes {"since": "<cursor>"} or {"since": "earliest"}')
+        try:
+            self.dispatcher.redeliver(hook.id, body["since"])
+        except CursorError as exc:
+            return error_body(request, 400, "bad_cursor", str(exc))
         return json_body(request, 200, self.dispatcher.view(hook))
 
 
@@ -124,6 +145,11 @@ _STATUSES: tuple[tuple[type[WebhookError], int, str], ...] = (
     (HookNotFound, 404, "not_found"),
     (HookConflict, 409, "bad_webhook"),
 )
+
+_CREATE_FIELDS = {"url", "filter", "secret", "previous_secrets", "format", "since", "id"}
+_CHANGE_FIELDS = {"active", "secret", "previous_secrets", "format"}
+#: The paths below a hook, and the methods each allows.
+_ACTIONS = {"deliveries": b"GET", "redeliver": b"POST"}
 
 _ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 

@@ -6,11 +6,15 @@ answer - at-least-once delivery, receivers dedupe by event ``id``.  After ``max_
 consecutive failures (or a ``410 Gone``) the hook is disabled.  While a batch is out the hub
 subscription is paused, so the hub queues (bounded) or ends it as ``slow``, and delivery then
 catches up from the journal.
+
+A batch is pinned once it is first sent: every retry POSTs the same events under the same
+``webhook-id`` (:func:`message_id`), so a receiver may dedupe by it; each attempt is written
+to the hook's :class:`~firehose.webhooks.log.DeliveryLog`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
@@ -20,12 +24,14 @@ from twisted.logger import Logger
 from firehose import __version__
 from firehose.backoff import Backoff
 from firehose.cursor import CursorError
-from firehose.event import Event, dumps
+from firehose.event import Event
 from firehose.filters import parse_json
 from firehose.hub import Subscription
-from firehose.signing import signature_headers
+from firehose.signing import signature_headers, standard_headers
 from firehose.webhooks.agent import DeliveryError
+from firehose.webhooks.bodies import batch_limit, render
 from firehose.webhooks.hooks import Hook
+from firehose.webhooks.log import Attempt
 
 if TYPE_CHECKING:
     from firehose.webhooks.dispatcher import WebhookDispatcher
@@ -60,6 +66,8 @@ class Delivery:
         self.buffer: list[Event] = []
         self.gaps: list[dict[str, Any]] = []
         self.inflight: defer.Deferred[Any] | None = None
+        #: The batch being delivered (events, gaps), pinned until acknowledged.
+        self.pending: tuple[list[Event], list[dict[str, Any]]] | None = None
         self.timer: IDelayedCall | None = None
         self.stopped = False
         self.ended = False  # the hub ended the subscription (slow): resubscribe when drained
@@ -136,56 +144,72 @@ class Delivery:
 
     def _post(self) -> None:
         config = self.dispatcher.config
-        batch = self.buffer[: config.batch_size]
-        gaps = list(self.gaps)
-        sent_at = int(self.dispatcher.clock.seconds())
-        body = (
-            b'{"hook":' + dumps(self.hook.id)
-            + b',"sent_at":' + dumps(sent_at)
-            + b',"events":[' + b",".join(e.encoded for e in batch) + b"]"
-            + (b',"gaps":' + dumps(gaps) if gaps else b"")
-            + b"}"
-        )
+        if self.pending is None:
+            self.pending = (self.buffer[: batch_limit(self.hook.format, config.batch_size)], list(self.gaps))
+        batch, gaps = self.pending
+        clock = self.dispatcher.clock
+        sent_at = int(clock.seconds())
+        msg_id = message_id(self.hook, batch, gaps)
+        body, own = render(self.hook.format, self.hook.id, sent_at, batch, gaps)
         headers = {
-            b"Content-Type": [b"application/json"],
             b"User-Agent": [f"firehose-webhooks/{__version__}".encode()],
             b"X-Firehose-Hook": [self.hook.id.encode()],
             b"X-Firehose-Delivery": [
                 (f"{batch[0].cursor}..{batch[-1].cursor}" if batch else f"gap-{sent_at}").encode()
             ],
         }
+        for name, value in own.items():
+            headers[name.encode()] = [value.encode()]
         for name, value in signature_headers(self.hook.secret, body, sent_at).items():
+            headers[name.encode()] = [value.encode()]
+        for name, value in standard_headers(self.hook.secrets, msg_id, sent_at, body).items():
             headers[name.encode()] = [value.encode()]
         if self.sub is not None:
             self.sub.pause()
+        attempt = Attempt(clock.seconds(), msg_id, batch[0].cursor if batch else None,
+                          batch[-1].cursor if batch else None, len(batch), self.hook.failures + 1,
+                          None, None, 0.0)
         d = self.dispatcher.post(self.hook.url, body, headers)
         self.inflight = d
-        d.addCallbacks(self._answered, self._failed, callbackArgs=(batch, gaps), errbackArgs=(batch, gaps))
+        d.addCallbacks(self._answered, self._failed, callbackArgs=(batch, gaps, attempt),
+                       errbackArgs=(batch, gaps, attempt))
 
-    def _answered(self, code: int, batch: list[Event], gaps: list[dict[str, Any]]) -> None:
+    def _record(self, attempt: Attempt, status: int | None, error: str | None) -> None:
+        """Write the attempt, now that it ended, to the hook's delivery log."""
+        took = max(0.0, self.dispatcher.clock.seconds() - attempt.time) * 1000.0
+        self.dispatcher.delivery_log(self.hook.id).record(
+            replace(attempt, status=status, error=error, duration_ms=round(took, 3)))
+
+    def _answered(self, code: int, batch: list[Event], gaps: list[dict[str, Any]], attempt: Attempt) -> None:
         if self.stopped:
             return
         self.inflight = None
         if 200 <= code < 300:
+            self._record(attempt, code, None)
             self._delivered(batch, gaps)
         elif code == 410:
+            self._record(attempt, code, "the receiver answered 410 Gone")
             self.dispatcher.stats.failed += 1
             self.dispatcher.disable(self.hook.id, "the receiver answered 410 Gone")
         else:
+            self._record(attempt, code, f"receiver answered HTTP {code}")
             self._retry(f"receiver answered HTTP {code}")
 
-    def _failed(self, failure: Any, batch: list[Event], gaps: list[dict[str, Any]]) -> None:
+    def _failed(self, failure: Any, batch: list[Event], gaps: list[dict[str, Any]], attempt: Attempt) -> None:
         if self.stopped:
             return
         self.inflight = None
         if failure.check(DeliveryError):
-            self._retry(str(failure.value))
+            error = str(failure.value)
         else:
             self.log.failure("webhook {id}: delivery failed", failure, id=self.hook.id)
-            self._retry(f"delivery failed: {failure.type.__name__}")
+            error = f"delivery failed: {failure.type.__name__}"
+        self._record(attempt, None, error)
+        self._retry(error)
 
     def _delivered(self, batch: list[Event], gaps: list[dict[str, Any]]) -> None:
         hook = self.hook
+        self.pending = None
         del self.buffer[: len(batch)]
         self.gaps = self.gaps[len(gaps):]
         self.backoff.reset()
@@ -222,3 +246,13 @@ class Delivery:
         self.timer = None
         self._kick()
 
+
+
+def message_id(hook: Hook, batch: list[Event], gaps: list[dict[str, Any]]) -> str:
+    """The ``webhook-id`` of a batch: the hook and the cursors of its first and last event
+    (of its last gap for a batch of gaps only), so every retry of a batch, and a resend of
+    it after a restart, has the same id.  After a redelivery (:attr:`Hook.redeliveries`) it
+    ends in ``/r<n>``: what the receiver asked for again must not be dropped as a duplicate."""
+    span = f"{batch[0].cursor}..{batch[-1].cursor}" if batch else f"gap..{gaps[-1].get('cursor')}"
+    base = f"{hook.id}/{span}"
+    return f"{base}/r{hook.redeliveries}" if hook.redeliveries else base

@@ -3,7 +3,8 @@
 Each active hook gets a :class:`~firehose.webhooks.delivery.Delivery` (one hub subscription,
 fed from the journal from the hook's stored cursor, so a restart resumes where delivery
 stopped).  Hooks come from the API and from the ``[webhooks]`` table of the server's config
-file; their state is kept by a :mod:`~firehose.webhooks.store`.
+file; their state is kept by a :mod:`~firehose.webhooks.store`, their last attempts by a
+:class:`~firehose.webhooks.log.DeliveryLog` each (in memory).
 """
 
 from __future__ import annotations
@@ -18,13 +19,22 @@ from twisted.logger import Logger
 from twisted.web.client import HTTPConnectionPool
 
 from firehose.config import WebhookConfig
-from firehose.cursor import EARLIEST, NOW, parse_since
+from firehose.cursor import EARLIEST, NOW, CursorError, parse_since
 from firehose.hub import Hub
+from firehose.signing import new_secret
 from firehose.webhooks.agent import Resolve, checked_agent
 from firehose.webhooks.agent import post as agent_post
 from firehose.webhooks.delivery import Delivery, WebhookStats
 from firehose.webhooks.errors import HookConflict, HookNotFound, WebhookError
-from firehose.webhooks.hooks import Hook, check_filter
+from firehose.webhooks.hooks import (
+    MAX_PREVIOUS_SECRETS,
+    Hook,
+    check_filter,
+    check_format,
+    check_previous_secrets,
+    check_secret,
+)
+from firehose.webhooks.log import LOG_SIZE, DeliveryLog
 from firehose.webhooks.store import HookStore, JSONFileHookStore, MemoryHookStore
 from firehose.webhooks.urls import check_url, parse_networks
 
@@ -40,6 +50,7 @@ class WebhookDispatcher:
     :param rand: a function returning a float in [0, 1) for the retry jitter (tests pass
         ``random.Random(0).random``); default :func:`random.random`.
     :param resolve: host name -> addresses for the default agent (tests).
+    :param log_size: attempts kept in each hook's delivery log.
     """
 
     log = Logger()
@@ -53,6 +64,7 @@ class WebhookDispatcher:
         agent: Any = None,
         rand: Callable[[], float] | None = None,
         resolve: Resolve | None = None,
+        log_size: int = LOG_SIZE,
     ) -> None:
         self.hub = hub
         self.config = config
@@ -66,6 +78,8 @@ class WebhookDispatcher:
         self.agent = agent
         self.hooks: dict[str, Hook] = {}
         self._deliveries: dict[str, Delivery] = {}
+        self._logs: dict[str, DeliveryLog] = {}
+        self._log_size = log_size
         #: Counters for /metrics, kept by the deliveries.
         self.stats = WebhookStats()
         self.loaded = False
@@ -90,10 +104,12 @@ class WebhookDispatcher:
             flt = check_filter(spec.get("filter"))
             hook = self.hooks.get(name)
             if hook is None:
-                self.hooks[name] = Hook(name, spec["url"], flt, str(spec["secret"]), self.hub.head_cursor,
-                                        source="config", created=now)
+                hook = self.hooks[name] = Hook(name, spec["url"], flt, str(spec["secret"]), self.hub.head_cursor,
+                                               source="config", created=now)
             else:
                 hook.url, hook.filter, hook.secret, hook.source = spec["url"], flt, str(spec["secret"]), "config"
+            hook.previous_secrets = [str(p) for p in spec.get("previous_secrets", [])]
+            hook.format = check_format(spec.get("format"))
         for hid in [h.id for h in self.hooks.values() if h.source == "config" and h.id not in self.config.hooks]:
             del self.hooks[hid]  # removed from the config file
         self.loaded = True
@@ -160,10 +176,19 @@ class WebhookDispatcher:
         secret: str | None = None,
         since: str | None = None,
         hook_id: str | None = None,
+        previous_secrets: list[str] | None = None,
+        fmt: str | None = None,
     ) -> Hook:
-        """Register a hook; it receives events after ``since`` (default: from now on)."""
+        """Register a hook; it receives events after ``since`` (default: from now on).
+
+        Without a ``secret`` one is made in Standard Webhooks form (``whsec_<base64>``), which
+        that scheme's libraries take as it is."""
         check_url(url, self.allow)
         normal = check_filter(flt)
+        if secret is not None:
+            check_secret(secret)
+        previous = check_previous_secrets(previous_secrets or [])
+        body_format = check_format(fmt)
         start = parse_since(since)  # raises CursorError for anything but now, earliest, a cursor
         if start == NOW:
             cursor: str | None = self.hub.head_cursor
@@ -175,8 +200,8 @@ class WebhookDispatcher:
         hid = hook_id or secrets.token_hex(6)
         if hid in self.hooks:
             raise HookConflict(f"a webhook {hid!r} already exists")
-        hook = Hook(hid, str(url), normal, secret or secrets.token_urlsafe(24), cursor,
-                    created=self.clock.seconds())
+        hook = Hook(hid, str(url), normal, secret or new_secret(), cursor, created=self.clock.seconds(),
+                    previous_secrets=previous, format=body_format)
         self.hooks[hid] = hook
         if self.running:
             self._start(hook)
@@ -199,7 +224,75 @@ class WebhookDispatcher:
         if delivery is not None:
             delivery.stop()
         del self.hooks[hid]
+        self._logs.pop(hid, None)
         self.save()
+
+    def change(
+        self,
+        hid: str,
+        secret: str | None = None,
+        previous_secrets: list[str] | None = None,
+        fmt: str | None = None,
+    ) -> Hook:
+        """Change a hook's secrets or body format (a config-file hook is changed there).
+
+        A new ``secret`` signs from the next POST on, and the one it replaces keeps signing
+        (first of ``previous_secrets``) unless ``previous_secrets`` is given too: a receiver
+        that still knows only the old one verifies until it has the new one, then
+        ``previous_secrets=[]`` ends the rotation."""
+        hook = self.get(hid)
+        if hook.source == "config":
+            raise HookConflict(f"webhook {hid!r} comes from the config file; change it there")
+        new = check_secret(secret) if secret is not None else None
+        previous = check_previous_secrets(previous_secrets) if previous_secrets is not None else None
+        body_format = check_format(fmt) if fmt is not None else None
+        if new is not None and new != hook.secret:
+            if previous is None:
+                previous = [hook.secret, *[s for s in hook.previous_secrets if s != new]][:MAX_PREVIOUS_SECRETS]
+            hook.secret = new
+        if previous is not None:
+            hook.previous_secrets = [s for s in previous if s != hook.secret]
+        if body_format is not None:
+            hook.format = body_format
+        self.save()
+        return hook
+
+    def redeliver(self, hid: str, since: Any) -> Hook:
+        """Deliver again every event after ``since`` (a cursor, or ``earliest``), in order, for
+        a receiver that lost data: the hook's cursor moves back there (and is saved) and its
+        delivery restarts from it; a batch in flight is abandoned (its events come again).
+
+        :raises CursorError: ``since`` is malformed, ``now``, ahead of the stream, or ahead of
+            the hook's own cursor (that would skip events, not send them again).
+        """
+        hook = self.get(hid)
+        if not isinstance(since, str) or parse_since(since) == NOW:
+            raise CursorError("'since' must be a cursor or 'earliest'")
+        offset, gap = self.hub.resolve(since)  # raises CursorError for a cursor ahead of the stream
+        if gap is None and hook.cursor is not None and since != EARLIEST:
+            try:
+                mine, mine_gap = self.hub.resolve(hook.cursor)
+            except CursorError:
+                mine, mine_gap = offset, None
+            if mine_gap is None and offset > mine:
+                raise CursorError(f"cursor {since!r} is ahead of the hook's cursor {hook.cursor!r}: "
+                                  "redelivery moves back, it never skips events")
+        hook.cursor = since if since == EARLIEST else str(parse_since(since))
+        hook.redeliveries += 1
+        delivery = self._deliveries.pop(hid, None)
+        if delivery is not None:
+            delivery.stop()
+            if self.running and hook.active:
+                self._start(hook)
+        self.save()
+        return hook
+
+    def delivery_log(self, hid: str) -> DeliveryLog:
+        """The log of hook ``hid``'s last attempts (made on first use)."""
+        log = self._logs.get(hid)
+        if log is None:
+            log = self._logs[hid] = DeliveryLog(self._log_size)
+        return log
 
     def enable(self, hid: str) -> Hook:
         """Re-enable a disabled hook: delivery resumes at its stored cursor."""
