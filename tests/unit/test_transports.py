@@ -4,14 +4,17 @@ WebSocket through autobahn's own client over Twisted's iosim (no sockets, no glo
 from __future__ import annotations
 
 from typing import Any
+from unittest import mock
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from cloudevents.core.formats.json import JSONFormat
 from treq.testing import StubTreq
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
+from firehose import cloudevents
 from firehose.event import dumps, loads
 from firehose.hub import Hub
 from firehose.ingest import MasterTokens
@@ -27,7 +30,7 @@ class _Base(SynchronousTestCase):
         self.clock = Clock()
         self.journal = MemoryJournal(epoch="e1")
         self.hub = Hub(self.journal, page_size=10, max_pending=50)
-        site = build_site(hub=self.hub, journal=self.journal, clock=self.clock, tokens=MasterTokens({}))
+        self.site = site = build_site(hub=self.hub, journal=self.journal, clock=self.clock, tokens=MasterTokens({}))
         self.client = StubTreq(site.resource)
 
     def append(self, first: int, last: int, **kw: Any) -> None:
@@ -210,12 +213,14 @@ class _Client(WebSocketClientProtocol):
     def onOpen(self) -> None:
         self.factory.opened = self
         self.factory.received = []
+        self.factory.raw = []
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         self.factory.received.append(loads(payload))
+        self.factory.raw.append(payload)
 
 
-class WebSocketTests(SynchronousTestCase):
+class _WebSocketBase(SynchronousTestCase):
     def setUp(self) -> None:
         self.journal = MemoryJournal(epoch="e1")
         self.hub = Hub(self.journal, page_size=10, max_pending=50)
@@ -249,6 +254,9 @@ class WebSocketTests(SynchronousTestCase):
     def append(self, first: int, last: int, **kw: Any) -> None:
         self.successResultOf(self.journal.append(batch(first, last, **kw)))
 
+
+
+class WebSocketTests(_WebSocketBase):
     def test_subscribe_acknowledged_then_events(self) -> None:
         """``subscribe`` is acknowledged with the filter and head cursor, then events flow."""
         self.append(1, 2)
@@ -486,3 +494,216 @@ class LongPollReplayTests(_Base):
         self.assertEqual(body, {"events": [], "cursor": "e1:20", "more": True, "head": "e1:35"})
         self.assertEqual(self.hub.stats.subscribers["longpoll"], 0)
 
+
+
+def _cloudevent(raw: str | bytes) -> Any:
+    """A CloudEvent parsed and validated by the CloudEvents SDK (raises if it is not one)."""
+    return JSONFormat().read(None, raw)
+
+
+class SSECloudEventsTests(_Base):
+    """``/sse?format=cloudevents``: the same stream, each ``data:`` a structured CloudEvent."""
+
+    open = SSETests.open
+    messages = SSETests.messages
+    close = SSETests.close
+
+    def test_events_are_cloudevents_with_id_and_event_lines_kept(self) -> None:
+        """Each message's data parses as a CloudEvent whose id is the SSE ``id:`` (the cursor);
+        ``event:`` is still the firehose type, so the same EventSource listeners work."""
+        self.open("format=cloudevents")
+        self.append(1, 2, type="step.started")
+        msgs = self.messages()
+        self.assertEqual([m["id"] for m in msgs], ["e1:1", "e1:2"])
+        self.assertEqual([m["event"] for m in msgs], ["step.started"] * 2)
+        ces = [_cloudevent(m["data"]) for m in msgs]
+        self.assertEqual([c.get_id() for c in ces], ["e1:1", "e1:2"])
+        self.assertEqual([c.get_type() for c in ces], ["org.buildbot.firehose.step.started.v1"] * 2)
+        self.assertEqual([c.get_subject() for c in ces], ["builds/1/steps/1", "builds/2/steps/2"])
+        self.assertEqual([c.get_extension("sequence") for c in ces], [f"{n:020d}" for n in (1, 2)])
+        self.assertEqual(ces[0].get_data(), self.journal._events[0].obj["data"])
+        self.close()
+
+    def test_resume_with_a_cloudevents_id(self) -> None:
+        """A CloudEvent's id, sent back as ``Last-Event-ID``, resumes right after that event."""
+        self.append(1, 4)
+        self.open("format=cloudevents", headers={"Last-Event-ID": ["e1:2"]})
+        self.assertEqual([_cloudevent(m["data"]).get_id() for m in self.messages()], ["e1:3", "e1:4"])
+        self.close()
+
+    def test_firehose_format_is_todays_bytes(self) -> None:
+        """``format=firehose`` streams exactly what no ``format`` does: the envelope, unchanged."""
+        self.append(1, 2)
+        self.open("since=e1:0&format=firehose")
+        explicit = self.messages()
+        self.close()
+        self.open("since=e1:0")
+        self.assertEqual(self.messages(), explicit)
+        self.assertEqual([loads(m["data"]) for m in explicit], [e.obj for e in self.journal._events])
+        self.close()
+
+    def test_each_event_is_encoded_once_per_format(self) -> None:
+        """Two CloudEvents streams and a firehose one: each event becomes a CloudEvent once,
+        whatever the number of streams asking for it, and the firehose stream is unaffected."""
+        with mock.patch.object(cloudevents, "encode", wraps=cloudevents.encode) as encode:
+            streams = []
+            for query in ("format=cloudevents", "format=cloudevents", ""):
+                self.open(query)
+                streams.append(self.collector)
+            self.append(1, 3)
+            got = []
+            for self.collector in streams:
+                got.append([loads(m["data"]) for m in self.messages()])
+            self.assertEqual(encode.call_count, 3)
+        self.assertEqual(got[0], got[1])
+        self.assertEqual([c["id"] for c in got[0]], ["e1:1", "e1:2", "e1:3"])
+        self.assertEqual(got[2], [e.obj for e in self.journal._events])
+        for self.collector in streams:
+            self.collector.transport.stopProducing()
+        self.client.flush()
+        self.assertEqual(self.hub.stats.subscribers["sse"], 0)
+
+    def test_a_gap_keeps_its_own_shape(self) -> None:
+        """Gaps are not events: a CloudEvents stream gets the same ``event: gap`` as any."""
+        self.open("format=cloudevents")
+        (sub,) = self.hub.subscriptions
+        sub.pause()
+        self.append(1, 60)
+        gap = self.messages()[-1]
+        self.assertEqual((gap["event"], gap["id"]), ("gap", "e1:0"))
+        self.assertEqual(loads(gap["data"])["type"], "gap")
+
+    def test_unknown_format_is_a_400_naming_the_allowed_values(self) -> None:
+        """``format=xml`` is refused before any stream starts, with the values that work."""
+        d = self.client.get("http://firehose.test/sse?format=xml")
+        self.client.flush()
+        response = self.successResultOf(d)
+        body = self.successResultOf(response.json())
+        self.assertEqual((response.code, body["error"]), (400, "bad_request"))
+        self.assertIn("firehose, cloudevents", body["message"])
+        self.assertEqual(self.hub.stats.subscribers["sse"], 0)
+
+
+class WebSocketCloudEventsTests(_WebSocketBase):
+    """``{"cmd": "subscribe", "format": "cloudevents"}`` on ``/ws``."""
+
+    def test_events_are_cloudevents_and_the_ack_names_the_format(self) -> None:
+        """The ack says ``format: cloudevents``; every event then parses as a CloudEvent whose
+        id is the cursor; a resubscribe without ``format`` goes back to the envelope."""
+        (ack,) = self.send({"cmd": "subscribe", "format": "cloudevents", "filter": {"builder": "linux"}})
+        self.assertEqual((ack["type"], ack["format"]), ("subscribed", "cloudevents"))
+        self.client_factory.raw = []
+        self.append(1, 2)
+        self.flush()
+        raw = self.client_factory.raw
+        ces = [_cloudevent(r) for r in raw]
+        self.assertEqual([c.get_id() for c in ces], ["e1:1", "e1:2"])
+        self.assertEqual({c.get_source() for c in ces}, {"urn:firehose:master:m1"})
+        (ack,) = self.send({"cmd": "subscribe"})
+        self.assertEqual(ack["format"], "firehose")
+        self.append(3, 3)
+        self.assertEqual(self.flush(), [self.journal._events[2].obj])
+
+    def test_resume_from_a_cloudevents_id(self) -> None:
+        """``since`` set to a CloudEvent's id replays what followed it, as CloudEvents."""
+        self.append(1, 3)
+        self.send({"cmd": "subscribe", "format": "cloudevents", "since": "e1:1"})
+        self.assertEqual([_cloudevent(r).get_id() for r in self.client_factory.raw[1:]], ["e1:2", "e1:3"])
+
+    def test_bad_format_is_an_error_and_the_socket_stays(self) -> None:
+        """An unknown or non-string ``format`` is an error naming the allowed values; the current
+        subscription goes on."""
+        self.send({"cmd": "subscribe"})
+        for bad in ("xml", 5, ["cloudevents"]):
+            (error,) = self.send({"cmd": "subscribe", "format": bad})
+            self.assertEqual((error["type"], error["error"]), ("error", "bad_command"))
+            self.assertIn("format", error["message"])
+        self.assertIn("firehose, cloudevents", self.send({"cmd": "subscribe", "format": "xml"})[0]["message"])
+        self.append(1, 1)
+        self.assertEqual([m["id"] for m in self.flush()], ["e1:1"])
+
+    def test_each_event_is_framed_once_per_format(self) -> None:
+        """Two CloudEvents sockets and one firehose socket: one event is prepared twice in all,
+        once per format, and each socket gets its format's frame."""
+        sockets = [self.connect() for _ in range(2)]
+        prepared: list[bytes] = []
+        real_prepare = self.server_factory.prepareMessage
+
+        def counting(payload: bytes, *a: Any, **kw: Any) -> Any:
+            prepared.append(payload)
+            return real_prepare(payload, *a, **kw)
+
+        self.server_factory.prepareMessage = counting  # type: ignore[method-assign]
+        self.send({"cmd": "subscribe"})
+        for factory, _, _, pump in sockets:
+            factory.opened.sendMessage(dumps({"cmd": "subscribe", "format": "cloudevents"}))
+            pump.flush()
+        prepared.clear()  # the acks
+        self.append(1, 1)
+        for _, _, _, pump in sockets:
+            pump.flush()
+        event = self.journal._events[0]
+        self.assertEqual(self.flush(), [event.obj])
+        self.assertEqual(sorted(prepared), sorted([event.encoded, cloudevents.encode(event)]))
+        for factory, _, _, _ in sockets:
+            self.assertEqual(_cloudevent(factory.raw[-1]).get_id(), "e1:1")
+
+    def test_a_gap_keeps_its_own_shape(self) -> None:
+        """A slow CloudEvents subscriber gets the ordinary gap message, not a CloudEvent."""
+        self.send({"cmd": "subscribe", "format": "cloudevents"})
+        self.server_transport.producer.pauseProducing()
+        self.append(1, 60)
+        (gap,) = self.flush()
+        self.assertEqual((gap["type"], gap["reason"]), ("gap", "slow"))
+
+
+class LongPollCloudEventsTests(_Base):
+    """``/poll?format=cloudevents``: the answer's shape stays, its events are CloudEvents."""
+
+    get = LongPollTests.get
+    json = LongPollTests.json
+
+    def test_events_are_cloudevents_and_paging_is_unchanged(self) -> None:
+        """Each of ``events`` parses as a CloudEvent (id = cursor); ``cursor`` and the rest of
+        the answer are what the firehose format gives, and the next poll resumes from a
+        CloudEvent's id."""
+        self.append(1, 5, type="request.submitted", buildrequestid=9)
+        _, plain = self.json(self.get("since=e1:0&limit=3"))
+        code, body = self.json(self.get("since=e1:0&limit=3&format=cloudevents"))
+        self.assertEqual(code, 200)
+        ces = [_cloudevent(dumps(e)) for e in body["events"]]
+        self.assertEqual([c.get_id() for c in ces], ["e1:1", "e1:2", "e1:3"])
+        self.assertEqual({c.get_subject() for c in ces}, {"buildrequests/9"})
+        self.assertEqual({c.get_type() for c in ces}, {"org.buildbot.firehose.request.submitted.v1"})
+        self.assertEqual({k: v for k, v in body.items() if k != "events"},
+                         {k: v for k, v in plain.items() if k != "events"})
+        _, rest = self.json(self.get(f"since={ces[-1].get_id()}&format=cloudevents"))
+        self.assertEqual([_cloudevent(dumps(e)).get_extension("sequence") for e in rest["events"]],
+                         ["00000000000000000004", "00000000000000000005"])
+
+    def test_firehose_format_is_todays_answer(self) -> None:
+        """``format=firehose`` answers exactly what no ``format`` does."""
+        self.append(1, 3)
+        self.assertEqual(self.json(self.get("since=e1:0&format=firehose")), self.json(self.get("since=e1:0")))
+        self.assertEqual(self.json(self.get("since=e1:0"))[1]["events"], [e.obj for e in self.journal._events])
+
+    def test_each_event_is_encoded_once_for_every_poll(self) -> None:
+        """Three polls over the same events encode each as a CloudEvent once, not once per poll."""
+        self.append(1, 4)
+        cache = self.site.resource.getStaticEntity(b"poll").cloudevents
+        with mock.patch.object(cache, "_make", wraps=cache._make) as encode:
+            answers = [self.json(self.get("since=e1:0&format=cloudevents"))[1] for _ in range(3)]
+        self.assertEqual(encode.call_count, 4)
+        self.assertEqual(answers[0], answers[2])
+
+    def test_a_gap_keeps_its_own_shape(self) -> None:
+        """A gap answer is the same whatever the format: gaps are not events."""
+        self.append(1, 2)
+        self.assertEqual(self.json(self.get("since=zz:5&format=cloudevents")), self.json(self.get("since=zz:5")))
+
+    def test_unknown_format_is_a_400_naming_the_allowed_values(self) -> None:
+        """``format=cdevents`` (not offered) is a 400 ``bad_request`` listing what is."""
+        code, body = self.json(self.get("format=cdevents"))
+        self.assertEqual((code, body["error"]), (400, "bad_request"))
+        self.assertIn("firehose, cloudevents", body["message"])
+        self.assertEqual(self.hub.stats.subscribers["longpoll"], 0)
