@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.trial.unittest import SynchronousTestCase
 
 from firehose.cursor import CursorError
+from firehose.event import Event
 from firehose.filters import Filter, parse_json
 from firehose.hub import Hub
 from firehose.journal import MemoryJournal, Retention
@@ -294,3 +297,69 @@ class BoundedWriteTests(SynchronousTestCase):
         sub.resume()
         sub.resume()
         self.assertEqual(sink.offsets, list(range(1, 151)))
+
+
+class _EndingSink(RecordingSink):
+    """Ends its own subscription from inside the hub's first call of ``on`` (``send`` or
+    ``gap``), as a long-poll does when it answers; records every call it hears afterwards."""
+
+    def __init__(self, on: str) -> None:
+        super().__init__()
+        self.on = on
+        self.sub: object = None
+        self.after_close: list[str] = []
+
+    def _maybe_end(self, call: str) -> None:
+        assert self.sub is not None
+        if self.sub.closed:  # type: ignore[attr-defined]
+            self.after_close.append(call)
+        elif call == self.on:
+            self.sub.close()  # type: ignore[attr-defined]
+
+    def send(self, events: list[Event]) -> None:
+        super().send(events)
+        self._maybe_end("send")
+
+    def gap(self, gap: dict[str, Any], final: bool) -> None:
+        super().gap(gap, final)
+        self._maybe_end("gap")
+
+    def replayed(self, caught_up: bool) -> None:
+        self._maybe_end("replayed")
+
+
+class SinkEndsItsSubscriptionTests(SynchronousTestCase):
+    def test_ended_on_a_replay_gap_it_is_never_put_on_the_live_feed(self) -> None:
+        """A sink that ends its subscription when told of an ``expired`` gap mid-replay (the
+        resume point within a page of the head) is not attached to the live feed afterwards:
+        it gets no live events and the hub holds no reference to it."""
+        journal = MemoryJournal(epoch="e1", retention=Retention(max_age=None, max_events=5))
+        hub = Hub(journal, page_size=10, max_pending=1000)
+        self.successResultOf(journal.append(batch(1, 100)))
+        reads = HeldReads(journal)  # the page is what the journal held when the read was queued
+        sink = _EndingSink("gap")
+        sub = hub.subscribe(sink, Filter.everything(), "earliest", "test")
+        sink.sub = sub
+        sub.start()
+        self.successResultOf(journal.trim())  # keeps 96..100 while the first page is read
+        self.assertTrue(reads.release())
+        self.assertEqual(sink.offsets, list(range(1, 11)))
+        (gap, final), = sink.gaps
+        self.assertEqual((gap["reason"], gap["cursor"], final), ("expired", "e1:95", False))
+        self.assertEqual(list(hub.subscriptions), [])
+        self.assertFalse(reads.pending)
+        self.successResultOf(journal.append(batch(101, 102)))
+        self.assertEqual((sink.offsets[-1], sink.after_close), (10, []))
+
+    def test_ended_in_send_it_hears_nothing_more(self) -> None:
+        """A sink that ends its subscription on its first delivery (a poll at its limit) is not
+        told of the page being read nor sent anything after, and the replay stops there."""
+        journal = MemoryJournal(epoch="e1")
+        hub = Hub(journal, page_size=10, max_pending=1000)
+        self.successResultOf(journal.append(batch(1, 30)))
+        sink = _EndingSink("send")
+        sub = hub.subscribe(sink, Filter.everything(), "earliest", "test")
+        sink.sub = sub
+        sub.start()
+        self.assertEqual((sink.offsets, sink.after_close), (list(range(1, 11)), []))
+        self.assertEqual(list(hub.subscriptions), [])
