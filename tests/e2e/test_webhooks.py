@@ -1,5 +1,6 @@
 """Webhooks against a real server process and real receivers on 127.0.0.1: registration,
-signatures, retries keeping order, resume after a restart, disabling, isolation."""
+signatures, retries keeping order, resume after a restart, disabling, isolation, the
+CloudEvents body formats."""
 
 from __future__ import annotations
 
@@ -190,3 +191,33 @@ def test_internal_receivers_refused_unless_allowed(start_server, tmp_path, recei
     register(opened, receiver.url)
     opened.ingest(Master().batch(3))
     assert [e["seq"] for e in receiver.wait_events(3)] == [1, 2, 3]
+
+
+def test_cloudevents_formats_reach_a_receiver(start_server, tmp_path, receiver):
+    """A hook with ``format: cloudevents`` POSTs structured CloudEvents batches that the
+    CloudEvents SDK reads, in stream order; ``cloudevents-binary`` POSTs one event each with
+    ``ce-*`` headers; an unknown format is refused at registration naming the allowed ones."""
+    from cloudevents.core.bindings.http import HTTPMessage, from_binary
+    from cloudevents.core.formats.json import JSONFormat
+
+    server = start_server("--config", config_file(tmp_path, allow="[]"), "--webhook-allow-network", "127.0.0.0/8")
+    status, body = api(server.url, "POST", "/api/webhooks", {"url": receiver.url, "format": "protobuf"})
+    assert status == 400 and "firehose, cloudevents, cloudevents-binary" in body["message"]
+    binary = Receiver()
+    try:
+        register(server, receiver.url, format="cloudevents")
+        register(server, binary.url, format="cloudevents-binary")
+        server.ingest(Master().batch(3))
+        wait_for(lambda: sum(len(json.loads(a["body"])) for a in list(receiver.attempts)) >= 3 or None,
+                 "three structured CloudEvents")
+        binary.wait_attempts(3)
+        structured = [JSONFormat().read(None, json.dumps(item).encode())
+                      for attempt in receiver.attempts for item in json.loads(attempt["body"])]
+        assert receiver.attempts[0]["headers"]["content-type"] == "application/cloudevents-batch+json"
+        assert [e.get_extension("firehoseseq") for e in structured] == ["1", "2", "3"]
+        singles = [from_binary(HTTPMessage(headers=a["headers"], body=a["body"]), JSONFormat(), None)
+                   for a in binary.attempts]
+        assert [e.get_id() for e in singles] == [e.get_id() for e in structured]
+        assert all(a["headers"]["webhook-signature"].startswith("v1,") for a in binary.attempts)
+    finally:
+        binary.close()
