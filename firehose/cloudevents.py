@@ -69,6 +69,34 @@ _COLLECTIONS: dict[str, str] = {
     "buildset": "buildsets",
     "change": "changes",
 }
+_string = {"type": "string", "minLength": 1}
+#: JSON Schema (2020-12 and draft-07 alike: no ``$schema``, no ``$id``) of one structured
+#: CloudEvent as :func:`encode` makes it, for /openapi.json and /asyncapi.json to share rather
+#: than copy.  ``data`` is any object here; its schema per entity is what ``dataschema`` names.
+CLOUDEVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "A firehose event as a CloudEvent 1.0, structured JSON mode "
+    "(`format=cloudevents`). `id` is the cursor; `sequence` is the cursor's offset, zero-padded.",
+    "required": ["specversion", "id", "source", "type", "datacontenttype", "dataschema", "sequence",
+                 "firehoseepoch", "firehosemaster", "firehoseincarnation", "firehoseseq", "data"],
+    "additionalProperties": False,
+    "properties": {
+        "specversion": {"const": SPECVERSION},
+        "id": _string,
+        "source": {"type": "string", "pattern": "^urn:firehose:master:"},
+        "type": {"type": "string", "pattern": r"^org\.buildbot\.firehose\.[a-z]+\.[a-z]+\.v[0-9]+$"},
+        "subject": _string,
+        "time": {"type": "string", "format": "date-time"},
+        "datacontenttype": {"const": DATACONTENTTYPE},
+        "dataschema": {"type": "string", "pattern": "^urn:firehose:schema:"},
+        "sequence": {"type": "string", "pattern": f"^[0-9]{{{SEQUENCE_DIGITS}}}$"},
+        "firehoseepoch": _string,
+        "firehosemaster": _string,
+        "firehoseincarnation": _string,
+        "firehoseseq": {"type": "string", "pattern": "^[1-9][0-9]*$"},
+        "data": {"type": "object"},
+    },
+}
 #: The latest instant RFC 3339 can write (four-digit years), in epoch seconds.
 _MAX_TIME = datetime.datetime(9999, 12, 31, 23, 59, 59, tzinfo=datetime.UTC).timestamp()
 

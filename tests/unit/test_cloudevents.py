@@ -177,3 +177,18 @@ def test_data_is_the_events_data_byte_for_byte_in_value() -> None:
     event = make(data=data)
     assert parse(cloudevents.encode(event)).get_data() == data
     assert cloudevents.data_bytes(event) == dumps(data)
+
+
+@pytest.mark.parametrize("event_type", EVENT_TYPES)
+def test_every_emitted_event_matches_the_published_schema(event_type: str) -> None:
+    """``CLOUDEVENT_SCHEMA`` (what the specs publish) holds every event we emit, as a valid
+    2020-12 schema, and refuses an event with a member we do not emit."""
+    import jsonschema
+
+    jsonschema.Draft202012Validator.check_schema(cloudevents.CLOUDEVENT_SCHEMA)
+    validator = jsonschema.Draft202012Validator(cloudevents.CLOUDEVENT_SCHEMA,
+                                                format_checker=jsonschema.FormatChecker())
+    emitted = cloudevents.structured(make(event_type))
+    validator.validate(emitted)
+    assert not validator.is_valid({**emitted, "extra": "x"})
+    assert not validator.is_valid({**emitted, "sequence": "42"})
