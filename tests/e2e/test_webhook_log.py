@@ -190,3 +190,50 @@ def test_redeliver_sends_lost_events_again_and_moves_the_saved_cursor(start_serv
     assert [e["seq"] for e in events] == [1, 2, 3, 4, 5, 6, 3, 4, 5, 6]
     redelivered = [a["headers"]["webhook-id"] for a in receiver.deliveries[1:]]
     assert redelivered and all(i.endswith("/r1") for i in redelivered)
+
+
+def test_documented_standard_receiver_runs_as_written(start_server, tmp_path):
+    """The Standard Webhooks receiver of docs/client.md, run as written with the hook's
+    generated ``whsec_`` secret, prints the delivered events and answers 401 to a forgery."""
+    import os
+    import re
+    import socket
+    import subprocess
+    import sys
+    import urllib.error
+    import urllib.request
+
+    from .client_support import Lines
+    from .conftest import free_port
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "client.md").read_text()
+    match = re.search(r"<!-- snippet: standard-receiver -->\n```python\n(.*?)```", doc, re.S)
+    assert match, "the standard-receiver snippet is in docs/client.md"
+    script = tmp_path / "receiver.py"
+    script.write_text(match.group(1))
+    server = start_server("--config", config_file(tmp_path, allow="[]"), *ALLOW)
+    port = free_port()
+    hook = register(server, f"http://{HOST}:{port}/", {"type": "build.started"})
+    assert hook["secret"].startswith("whsec_")
+    env = dict(os.environ, WEBHOOK_SECRET=hook["secret"], PORT=str(port))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True, env=env, stdin=subprocess.DEVNULL)
+    lines = Lines(proc)
+    try:
+        def listening() -> bool:
+            try:
+                socket.create_connection((HOST, port), timeout=1).close()
+                return True
+            except OSError:
+                return False
+
+        wait_for(listening, "the receiver to listen")
+        server.ingest(Master().batch(2, builder="linux"))
+        assert lines.take(2) == ["build.started linux None"] * 2
+        forged = urllib.request.Request(f"http://{HOST}:{port}/", data=b'{"events": []}', headers={
+            "webhook-id": "x", "webhook-timestamp": str(int(time.time())), "webhook-signature": "v1,AAAA"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.build_opener(urllib.request.ProxyHandler({})).open(forged, timeout=DEADLINE)
+        assert refused.value.code == 401
+    finally:
+        lines.stop()
