@@ -26,16 +26,13 @@ from firehose._http import (
     query_args,
     single,
 )
+from firehose.event import BUILD_FILTER_FIELDS, REQUEST_FILTER_FIELDS
 from firehose.filters import Filter, FilterError, parse_query
 from firehose.hub import Hub
 from firehose.state import BuildRecord, BuildState, RecordView, RequestRecord, revision_status
 
 _PAGING = ("limit", "offset")
 
-#: Filter fields a request record has (``prop.*``, ``worker`` and ``result`` are the build's).
-_REQUEST_FIELDS = ("master", "builder", "branch", "revision", "project", "repository")
-#: Filter fields a build record has; ``prop.<name>`` too.
-_BUILD_FIELDS = (*_REQUEST_FIELDS, "worker", "result")
 _ALLOW = b"GET, HEAD, OPTIONS"
 
 
@@ -173,7 +170,7 @@ def _request_summary(request: RequestRecord, now: float) -> dict[str, Any]:
 class QueueEndpoint(_Endpoint):
     """``/api/queue``: requests waiting to start, oldest first, with how long each has waited."""
 
-    fields = _REQUEST_FIELDS
+    fields = REQUEST_FILTER_FIELDS
 
     def answer(self, args: dict[str, list[str]], flt: Filter, path: list[str]) -> dict[str, Any]:
         now = self.now
@@ -193,7 +190,7 @@ class QueueEndpoint(_Endpoint):
 class RunningEndpoint(_Endpoint):
     """``/api/running``: builds in progress with their current step and elapsed time."""
 
-    fields = _BUILD_FIELDS
+    fields = BUILD_FILTER_FIELDS
     props = True
 
     def answer(self, args: dict[str, list[str]], flt: Filter, path: list[str]) -> dict[str, Any]:
@@ -215,14 +212,14 @@ class BuildsEndpoint(_Endpoint):
     question.
     """
 
-    fields = _BUILD_FIELDS
+    fields = BUILD_FILTER_FIELDS
     props = True
     paths = True
 
     def answer(self, args: dict[str, list[str]], flt: Filter, path: list[str]) -> dict[str, Any]:
         now = self.now
         if path:
-            if len(path) != 2 or not path[1].isdigit():
+            if len(path) != 2 or not (path[1].isascii() and path[1].isdigit()):
                 raise NotFound("use /api/builds/<master>/<buildid>")
             build = self.state.builds.get((path[0], int(path[1])))
             if build is None:

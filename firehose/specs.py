@@ -23,7 +23,13 @@ import copy
 from typing import Any
 
 from firehose import __version__
-from firehose.event import EVENT_TYPES, FILTER_FIELDS, RESULT_NAMES
+from firehose.event import (
+    BUILD_FILTER_FIELDS,
+    EVENT_TYPES,
+    FILTER_FIELDS,
+    REQUEST_FILTER_FIELDS,
+    RESULT_NAMES,
+)
 from firehose.schema import (
     BATCH_SCHEMA,
     DELIVERED_SCHEMA,
@@ -306,7 +312,15 @@ def _http_schemas() -> dict[str, dict[str, Any]]:
                 "last_build": {"anyOf": [_ref("Build"), {"type": "null"}]},
             },
         },
-        "Revision": _record("A revision of a branch, each builder's cell in `builders`.", ("builders",)),
+        "Revision": {
+            **_record("A revision of a branch, each builder's cell in `builders`; `state` and `result` "
+                      "say whether the push is done (docs/api.md#is-my-push-done).",
+                      ("builders", "state", "result")),
+            "properties": {
+                "state": {"enum": ["pending", "running", "done"]},
+                "result": {"anyOf": [{"enum": list(RESULT_NAMES.values())}, {"type": "null"}]},
+            },
+        },
         "StepTiming": {"type": "object", "required": ["builder", "step", *_STAT],
                        "properties": {"builder": {"type": "string"}, "step": {"type": "string"}, **_STAT}},
         "Webhook": webhook,
@@ -354,10 +368,10 @@ def _errors(**by_status: tuple[str, ...]) -> dict[str, Any]:
     }
 
 
-def _filter_params(fields: tuple[str, ...]) -> list[dict[str, Any]]:
+def _filter_params(fields: tuple[str, ...], props: bool = True) -> list[dict[str, Any]]:
     """The filter as query parameters: a field each, alternatives separated by commas (or the
     field repeated), and every ``prop.<name>`` through one exploded object parameter."""
-    return [{"$ref": f"#/components/parameters/filter.{f}"} for f in (*fields, "prop")]
+    return [{"$ref": f"#/components/parameters/filter.{f}"} for f in (*fields, *(("prop",) if props else ()))]
 
 
 def _parameters() -> dict[str, dict[str, Any]]:
@@ -398,7 +412,6 @@ def _parameters() -> dict[str, dict[str, Any]]:
     return out
 
 
-_RECORD_FILTER = tuple(f for f in FILTER_FIELDS if f != "type")
 _API_ERRORS = _errors(s400=("bad_filter", "bad_request"))
 
 
@@ -430,13 +443,14 @@ def _api_paths() -> dict[str, Any]:
         "/api/queue": _get("build requests waiting to start, oldest first",
                            _list("requests", "Request", "Each with `waited` seconds.",
                                  by_builder=by_builder, total=total),
-                           _filter_params(_RECORD_FILTER) + paging, op="queue"),
+                           _filter_params(REQUEST_FILTER_FIELDS, props=False) + paging, op="queue"),
         "/api/running": _get("builds in progress, oldest first",
                              _list("builds", "Build", "Each with `elapsed` and `current_step`.", total=total),
-                             _filter_params(_RECORD_FILTER) + paging, op="running"),
-        "/api/builds": _get("finished builds, newest first",
-                            _list("builds", "Build", "Finished builds."),
-                            _filter_params(_RECORD_FILTER) + paging, op="builds"),
+                             _filter_params(BUILD_FILTER_FIELDS) + paging, op="running"),
+        "/api/builds": _get("finished builds, newest first; with `revision=`, also its queued requests and "
+                            "running builds, each with `status` (pending, running, finished)",
+                            _list("builds", "Build", "Finished builds (with `revision=`: every build of it)."),
+                            _filter_params(BUILD_FILTER_FIELDS) + paging, op="builds"),
         "/api/builds/{master}/{buildid}": {
             "parameters": [
                 {"name": "master", "in": "path", "required": True, "schema": {"type": "string"}},
