@@ -3,11 +3,20 @@
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
-from .conftest import Master, poll
+from .conftest import DEADLINE, Master, poll
 
 pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
 
 #: Events journaled: ten of the server's replay pages (500) and more than a poll examines (2000).
 TOTAL = 5000
@@ -62,3 +71,34 @@ def test_caught_up_answer_says_no_more(server):
     last = server.ingest(m1.batch(3))["cursor"]
     answer = poll(server.url, last, timeout=0)
     assert answer == {"events": [], "cursor": last, "more": False, "head": last}
+
+
+def snippet(doc: str, name: str, lang: str) -> str:
+    """The code block that follows ``<!-- snippet: NAME -->`` in ``doc`` (relative to the root)."""
+    match = re.search(rf"<!-- snippet: {name} -->\n```{lang}\n(.*?)```", (ROOT / doc).read_text(), re.S)
+    assert match, f"snippet {name!r} not found in {doc}"
+    return match.group(1)
+
+
+@pytest.mark.skipif(not (shutil.which("curl") and shutil.which("jq")), reason="needs curl and jq")
+@pytest.mark.parametrize("doc, name", [("README.md", "readme-poll-failures"),
+                                       ("docs/protocol.md", "poll-paging-sh")])
+def test_shell_paging_examples_print_every_failure(server, doc, name):
+    """The curl/jq paging loops of the README and docs/protocol.md, run as written (only the
+    address changed), print every failure of a journal longer than a poll examines, in order,
+    once, and end by themselves."""
+    want = _ingest_with_failures(server, every=100)
+    script = snippet(doc, name, "sh").replace("http://127.0.0.1:8080", server.url)
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=DEADLINE, check=True)
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [row[-1] for row in rows] == want  # the build number is the seq here
+
+
+def test_python_paging_example_yields_every_failure(server):
+    """The Python ``history()`` of docs/protocol.md, run as written (only the address changed),
+    prints every failure in order, once, and ends at the head."""
+    want = _ingest_with_failures(server, every=100)
+    script = snippet("docs/protocol.md", "poll-paging-py", "python").replace("http://127.0.0.1:8080", server.url)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=DEADLINE,
+                         check=True)
+    assert [int(line.split()[-1]) for line in out.stdout.splitlines()] == want
