@@ -23,6 +23,7 @@ import copy
 from typing import Any
 
 from firehose import __version__
+from firehose.cloudevents import CLOUDEVENT_SCHEMA, FORMATS
 from firehose.event import (
     BUILD_FILTER_FIELDS,
     EVENT_TYPES,
@@ -127,6 +128,7 @@ def _stream_schemas() -> dict[str, dict[str, Any]]:
         "additionalProperties": False,
     }
     return {
+        "CloudEvent": CLOUDEVENT_SCHEMA,
         "Cursor": {
             "type": "string",
             "pattern": CURSOR_PATTERN,
@@ -265,7 +267,8 @@ def _http_schemas() -> dict[str, dict[str, Any]]:
             "event: it skips what the filter did not match).",
             "required": ["events", "cursor"],
             "properties": {
-                "events": {"type": "array", "items": _ref("Event")},
+                "events": {"type": "array", "items": {"anyOf": [_ref("Event"), _ref("CloudEvent")]},
+                           "description": "CloudEvents when format=cloudevents"},
                 "cursor": _ref("Cursor"),
                 "gap": _ref("Gap"),
             },
@@ -408,6 +411,13 @@ def _parameters() -> dict[str, dict[str, Any]]:
     out["offset"] = {
         "name": "offset", "in": "query", "description": "items to skip (a previous answer's `next_offset`)",
         "schema": {"type": "integer", "minimum": 0, "maximum": 1_000_000},
+    }
+    out["format"] = {
+        "name": "format", "in": "query",
+        "description": "`cloudevents`: each event as a CloudEvent 1.0, structured JSON mode "
+        "(docs/protocol.md#cloudevents); `firehose` (default): the firehose envelope. Gaps and "
+        "control messages are the same in both.",
+        "schema": {"type": "string", "enum": list(FORMATS), "default": "firehose"},
     }
     return out
 
@@ -559,7 +569,8 @@ def _webhook_paths() -> dict[str, Any]:
 
 
 def _paths() -> dict[str, Any]:
-    stream = [{"$ref": "#/components/parameters/since"}, *_filter_params(FILTER_FIELDS)]
+    stream = [{"$ref": "#/components/parameters/since"}, {"$ref": "#/components/parameters/format"},
+              *_filter_params(FILTER_FIELDS)]
     bad_request = _errors(s400=("bad_filter", "bad_cursor", "bad_request"))
     retry_after = {"Retry-After": {"schema": {"type": "string"}, "description": "seconds"}}
     ingest_errors = _errors(
@@ -724,15 +735,16 @@ def _command_schemas() -> dict[str, dict[str, Any]]:
                 "cmd": {"const": "subscribe"},
                 "filter": {"anyOf": [_ref("Filter"), {"type": "null"}]},
                 "since": {"anyOf": [_ref("Since"), {"type": "null"}]},
+                "format": {"anyOf": [{"enum": list(FORMATS)}, {"type": "null"}]},
             },
         },
         "Unsubscribe": {"type": "object", "required": ["cmd"], "properties": {"cmd": {"const": "unsubscribe"}}},
         "Ping": {"type": "object", "required": ["cmd"], "properties": {"cmd": {"const": "ping"}}},
         "Subscribed": {
-            "type": "object", "required": ["type", "filter", "cursor"],
+            "type": "object", "required": ["type", "filter", "cursor", "format"],
             "description": "`cursor` is the head when the subscription was made; events follow.",
             "properties": {"type": {"const": "subscribed"}, "filter": _ref("NormalFilter"),
-                           "cursor": _ref("Cursor")},
+                           "cursor": _ref("Cursor"), "format": {"enum": list(FORMATS)}},
         },
         "Unsubscribed": {"type": "object", "required": ["type"], "properties": {"type": {"const": "unsubscribed"}}},
         "Pong": {"type": "object", "required": ["type", "cursor"],
@@ -765,6 +777,8 @@ def asyncapi(host: str = "127.0.0.1:8080") -> dict[str, Any]:
         "error": _message("error", _ref("CommandError"), "a command was refused"),
         "gap": _message("gap", _ref("Gap"), "events are missing: resume from `cursor`",
                         **{"x-sse-event": "gap"}),
+        "cloudevent": _message("cloudevent", _ref("CloudEvent"),
+                               "an event as a CloudEvent (format=cloudevents); on SSE its `event:` is the firehose type"),
     }
     messages = {**control, **events}
 
@@ -775,7 +789,8 @@ def asyncapi(host: str = "127.0.0.1:8080") -> dict[str, Any]:
         "type": "object",
         "description": "`since` and the filter fields (globs, commas for alternatives, "
         "`prop.<name>`), as on /poll.",
-        "properties": {"since": _ref("Since"), **{f: {"type": "string", "minLength": 1} for f in FILTER_FIELDS}},
+        "properties": {"since": _ref("Since"), "format": {"enum": list(FORMATS)},
+                       **{f: {"type": "string", "minLength": 1} for f in FILTER_FIELDS}},
         "patternProperties": {PROP_PATTERN: {"type": "string", "minLength": 1}},
         "additionalProperties": False,
     }
@@ -815,7 +830,7 @@ def asyncapi(host: str = "127.0.0.1:8080") -> dict[str, Any]:
                 "payload. After a `slow` or `error` gap the server ends the stream; reconnecting "
                 "with its id catches up.",
                 "servers": [{"$ref": "#/servers/http"}],
-                "messages": {"gap": control["gap"], **events},
+                "messages": {"gap": control["gap"], "cloudevent": control["cloudevent"], **events},
             },
         },
         "operations": {
@@ -838,12 +853,12 @@ def asyncapi(host: str = "127.0.0.1:8080") -> dict[str, Any]:
             "receiveWebSocket": {
                 "action": "receive", "channel": {"$ref": "#/channels/ws"},
                 "summary": "events of the subscription, and gaps",
-                "messages": refs("ws", ["gap", *event_names]),
+                "messages": refs("ws", ["gap", "cloudevent", *event_names]),
             },
             "receiveSSE": {
                 "action": "receive", "channel": {"$ref": "#/channels/sse"},
                 "summary": "events matching the query's filter, and gaps",
-                "messages": refs("sse", ["gap", *event_names]),
+                "messages": refs("sse", ["gap", "cloudevent", *event_names]),
                 "bindings": {"http": {"method": "GET", "query": sse_query, "bindingVersion": "0.3.0"}},
             },
         },

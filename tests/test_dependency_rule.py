@@ -25,6 +25,7 @@ NO_TWISTED = {
                        "from firehose.client import Backoff, Gap, RequestError, RevisionTracker",
     "webhook receiver": "import firehose.signing\nfrom firehose.webhooks import verify",
     "settings": "import firehose.config, firehose.cli",
+    "CloudEvents mapping": "import firehose.cloudevents",
     "webhook URL policy": "import firehose.webhooks.urls, firehose.webhooks.hooks, firehose.webhooks.errors\n"
                           "from firehose.webhooks import check_url, WebhookError",
 }
