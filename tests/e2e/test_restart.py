@@ -102,7 +102,7 @@ def test_cursor_of_another_journal_gets_an_epoch_gap(start_server, clients):
     assert sse.gaps == [want_gap]
 
     answer = poll(b.url, foreign)
-    assert answer == {"events": [], "gap": want_gap, "cursor": want_gap["cursor"]}
+    assert answer == {"events": [], "gap": want_gap, "cursor": want_gap["cursor"], "more": True, "head": answer["head"]}
     assert poll(b.url, answer["cursor"])["events"] == by_ws
 
 
@@ -166,5 +166,5 @@ def test_cursor_older_than_retention_gets_an_expired_gap(start_server, tmp_path,
     assert seqs(sse.events(5)) == want
     assert sse.gaps == [want_gap]
     answer = poll(second.url, old)
-    assert answer == {"events": [], "gap": want_gap, "cursor": want_gap["cursor"]}
+    assert answer == {"events": [], "gap": want_gap, "cursor": want_gap["cursor"], "more": True, "head": answer["head"]}
     assert seqs(poll(second.url, answer["cursor"])["events"]) == want
