@@ -37,7 +37,11 @@ _SLICE = 64
 
 
 class Sink(Protocol):
-    """What a transport gives the hub for one subscription."""
+    """What a transport gives the hub for one subscription.
+
+    A sink may close its subscription from inside any of these calls (a long-poll does, when
+    it has its answer): the hub then calls it no more and never puts it back on the live feed.
+    """
 
     def send(self, events: list[Event]) -> None:
         """Write these events (in order) to the client; never called with an empty list."""
