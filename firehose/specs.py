@@ -224,7 +224,7 @@ def _http_schemas() -> dict[str, dict[str, Any]]:
         "type": "object",
         "required": ["id", "url", "filter", "cursor", "active", "source", "failures", "last_error",
                      "disabled_reason", "delivered", "created", "last_delivery", "queued",
-                     "retrying"],
+                     "retrying", "format", "secrets", "redeliveries"],
         "properties": {
             "id": {"type": "string"},
             "url": {"type": "string"},
@@ -241,8 +241,16 @@ def _http_schemas() -> dict[str, dict[str, Any]]:
             "last_delivery": {"type": ["number", "null"], "description": "epoch seconds"},
             "queued": {"type": "integer", "description": "events read and waiting to be sent"},
             "retrying": {"type": "boolean", "description": "a retry is scheduled"},
+            "format": _ref("WebhookFormat"),
+            "secrets": {"type": "integer", "minimum": 1, "description": "how many secrets sign "
+                        "(`secret` and `previous_secrets`); the secrets themselves are never shown"},
+            "redeliveries": {"type": "integer", "minimum": 0, "description": "redeliveries asked "
+                             "for; later batches' `webhook-id` ends in `/r<n>`"},
         },
     }
+    previous_secrets = {"type": "array", "maxItems": 4, "items": {"type": "string", "minLength": 16},
+                        "description": "secrets that still sign (Standard Webhooks) beside `secret`, "
+                        "for a rotation without downtime (docs/client.md, 'Rotating a secret')"}
     return {
         "Error": {
             "type": "object",
@@ -263,13 +271,21 @@ def _http_schemas() -> dict[str, dict[str, Any]]:
         },
         "PollAnswer": {
             "type": "object",
-            "description": "Pass `cursor` as the next poll's `since` (it may be past the last "
-            "event: it skips what the filter did not match).",
-            "required": ["events", "cursor"],
+            "description": "Pass `cursor` as the next poll's `since` while `more` is true: that loop pages "
+            "through history. `cursor` may be past the last event: it moves past every event the poll "
+            "examined, matched or not.",
+            "required": ["events", "cursor", "more", "head"],
             "properties": {
-                "events": {"type": "array", "items": {"anyOf": [_ref("Event"), _ref("CloudEvent")]},
-                           "description": "CloudEvents when format=cloudevents"},
+                "events": {"type": "array", "maxItems": 1000,
+                           "items": {"anyOf": [_ref("Event"), _ref("CloudEvent")]},
+                           "description": "at most `limit`, oldest first; CloudEvents when format=cloudevents; "
+                           "empty when `gap` is present"},
                 "cursor": _ref("Cursor"),
+                "more": {"type": "boolean",
+                         "description": "true: the stream holds events after `cursor` this answer did not "
+                         "cover (it reached `limit`, or examined its 2,000 events of history): poll again at "
+                         "once. false: caught up, `cursor` equals `head`"},
+                "head": _ref("Cursor"),
                 "gap": _ref("Gap"),
             },
         },
@@ -341,7 +357,10 @@ def _http_schemas() -> dict[str, dict[str, Any]]:
                         "description": "http or https; only public addresses unless the server "
                         "allows more networks (docs/client.md, 'Which receivers')"},
                 "filter": _ref("Filter"),
-                "secret": {"type": "string", "minLength": 16, "description": "generated unless given"},
+                "secret": {"type": "string", "minLength": 16, "description": "generated unless given "
+                           "(`whsec_<base64>`); a `whsec_` secret must be base64 of 16 bytes or more"},
+                "previous_secrets": previous_secrets,
+                "format": _ref("WebhookFormat"),
                 "since": _ref("Since"),
                 "id": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$",
                        "description": "generated unless given"},
@@ -349,9 +368,54 @@ def _http_schemas() -> dict[str, dict[str, Any]]:
         },
         "WebhookChange": {
             "type": "object",
-            "required": ["active"],
+            "minProperties": 1,
             "additionalProperties": False,
-            "properties": {"active": {"type": "boolean", "description": "true re-enables, false pauses"}},
+            "properties": {
+                "active": {"type": "boolean", "description": "true re-enables, false pauses"},
+                "secret": {"type": "string", "minLength": 16, "description": "signs from the next POST "
+                           "on; the one it replaces keeps signing (first of `previous_secrets`) unless "
+                           "`previous_secrets` is given too"},
+                "previous_secrets": previous_secrets,
+                "format": _ref("WebhookFormat"),
+            },
+        },
+        "WebhookFormat": {"enum": ["firehose", "cloudevents", "cloudevents-binary"], "default": "firehose",
+                          "description": "the body of each POST (docs/client.md, 'The payload')"},
+        "WebhookDelivery": {
+            "type": "object",
+            "description": "One POST to the receiver and how it ended.",
+            "required": ["time", "webhook_id", "first", "last", "events", "attempt", "status", "error",
+                         "duration_ms"],
+            "properties": {
+                "time": {"type": "number", "description": "epoch seconds it was sent"},
+                "webhook_id": {"type": "string", "description": "the batch's `webhook-id`, the same on "
+                               "every retry"},
+                "first": {"anyOf": [_ref("Cursor"), {"type": "null"}], "description": "null: gaps only"},
+                "last": {"anyOf": [_ref("Cursor"), {"type": "null"}]},
+                "events": {"type": "integer", "minimum": 0},
+                "attempt": {"type": "integer", "minimum": 1, "description": "1, then 2 for the first retry"},
+                "status": {"type": ["integer", "null"], "description": "the receiver's HTTP status; null "
+                           "without an answer"},
+                "error": {"type": ["string", "null"], "description": "what went wrong; null once "
+                          "acknowledged"},
+                "duration_ms": {"type": "number", "minimum": 0, "description": "milliseconds"},
+            },
+        },
+        "WebhookDeliveries": {
+            "type": "object",
+            "required": ["hook", "deliveries"],
+            "properties": {
+                "hook": {"type": "string"},
+                "deliveries": {"type": "array", "maxItems": 100, "items": _ref("WebhookDelivery"),
+                               "description": "newest first; kept in memory, lost at a restart"},
+            },
+        },
+        "WebhookRedelivery": {
+            "type": "object",
+            "required": ["since"],
+            "additionalProperties": False,
+            "properties": {"since": {"anyOf": [_ref("Cursor"), {"const": "earliest"}],
+                                     "description": "not ahead of the hook's cursor"}},
         },
     }
 
@@ -541,6 +605,8 @@ def _webhook_paths() -> dict[str, Any]:
         "GetWebhook": {"operationId": "getWebhook", "parameters": by_id},
         "ChangeWebhook": {"operationId": "changeWebhook", "parameters": by_id},
         "DeleteWebhook": {"operationId": "deleteWebhook", "parameters": by_id},
+        "ListWebhookDeliveries": {"operationId": "listWebhookDeliveries", "parameters": by_id},
+        "RedeliverWebhook": {"operationId": "redeliverWebhook", "parameters": by_id},
     }
     return {
         "/api/webhooks": {
@@ -557,13 +623,27 @@ def _webhook_paths() -> dict[str, Any]:
         "/api/webhooks/{id}": {
             "parameters": [hook_id],
             "get": op("getWebhook", "one hook", {"200": _json(_ref("Webhook"), "the hook"), **not_found}),
-            "patch": op("changeWebhook", "pause or re-enable a hook (it resumes at its cursor)",
+            "patch": op("changeWebhook", "pause or re-enable a hook (it resumes at its cursor), rotate "
+                        "its secret, change its format",
                         {"200": _json(_ref("Webhook"), "the hook"), **not_found,
-                         **_errors(s400=("bad_webhook",))}, body="WebhookChange"),
+                         **_errors(s400=("bad_webhook",), s409=("bad_webhook",))}, body="WebhookChange"),
             "delete": op("deleteWebhook", "remove a hook",
                          {"200": _json({"type": "object", "required": ["deleted"],
                                         "properties": {"deleted": {"type": "string"}}}, "removed"),
                           **not_found}),
+        },
+        "/api/webhooks/{id}/deliveries": {
+            "parameters": [hook_id],
+            "get": op("listWebhookDeliveries", "the hook's last 100 delivery attempts, newest first "
+                      "(in memory: lost at a restart)",
+                      {"200": _json(_ref("WebhookDeliveries"), "the delivery log"), **not_found}),
+        },
+        "/api/webhooks/{id}/redeliver": {
+            "parameters": [hook_id],
+            "post": op("redeliverWebhook", "deliver again every event after `since`: the hook's cursor "
+                       "moves back there (saved) and delivery restarts from it",
+                       {"200": _json(_ref("Webhook"), "the hook"), **not_found,
+                        **_errors(s400=("bad_webhook", "bad_cursor"))}, body="WebhookRedelivery"),
         },
     }
 
@@ -599,15 +679,16 @@ def _paths() -> dict[str, Any]:
         "/poll": {"get": {
             "operationId": "poll",
             "summary": "long-poll: the events after `since` matching the filter, or wait for some",
-            "description": "Answers at once when matching events follow `since`, otherwise when "
-            "one is published or `timeout` seconds pass (then `events` is empty). A gap is "
-            "answered at once, with `gap` and no events.",
+            "description": "Answers at once when matching events follow `since`: up to `limit` of them, "
+            "having examined at most 2,000 events of history. Otherwise it answers when one is published "
+            "or `timeout` seconds pass (then `events` is empty). `timeout` bounds only the wait for new "
+            "events. A gap is answered at once, with `gap` and no events.",
             "tags": ["stream"],
             "parameters": [
                 *stream,
                 {"name": "timeout", "in": "query", "description": "seconds to wait (default 30)",
                  "schema": {"type": "number", "minimum": 0, "maximum": 300}},
-                {"name": "limit", "in": "query", "description": "the most events (default 100)",
+                {"name": "limit", "in": "query", "description": "the most events per answer (default 100)",
                  "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
             ],
             "responses": {"200": _json(_ref("PollAnswer"), "events, or none after the timeout"), **bad_request},
