@@ -15,11 +15,11 @@ from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
-from twisted.web.server import Request, Site
+from twisted.web.server import Request, Site, UnsupportedMethod
 from twisted.web.static import File
 
 from firehose import __version__
-from firehose._http import allow_cors, json_body
+from firehose._http import allow_cors, error_body, json_body
 from firehose.api import ApiResource
 from firehose.config import (
     DEFAULT_IDLE_TIMEOUT,
@@ -58,6 +58,43 @@ class _JSONResource(Resource):
         return json_body(request, 503 if doc.get("status") == "degraded" else 200, doc)
 
 
+class _JSONNotFound(Resource):
+    """What any unknown path answers, whatever the method: a 404 with the JSON error body."""
+
+    isLeaf = True
+
+    def render(self, request: Request) -> bytes:
+        path = request.path.decode("utf-8", "replace")[:200]
+        return error_body(request, 404, "not_found", f"nothing at {path}: see /openapi.json for every endpoint")
+
+
+#: Methods HTTP defines: one a resource does not take is a 405; any other method a 501.
+_HTTP_METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"PATCH", b"DELETE", b"OPTIONS", b"TRACE", b"CONNECT"})
+
+
+class _JSONMethodErrors:
+    """Stands in for the resource being rendered so that a method it does not take gets a JSON
+    405 (or 501 for a method HTTP does not know) instead of twisted.web's HTML page."""
+
+    def __init__(self, resource: Any) -> None:
+        self.resource = resource
+
+    def render(self, request: Request) -> Any:
+        try:
+            return self.resource.render(request)
+        except UnsupportedMethod as exc:
+            methods: list[Any] = list(exc.allowedMethods)
+            allowed = [m for m in methods if isinstance(m, bytes)]
+            if request.method == b"HEAD" and b"GET" in allowed:
+                raise  # twisted.web answers HEAD with GET's headers
+            method = request.method.decode("ascii", "replace")[:20]
+            if request.method not in _HTTP_METHODS:
+                return error_body(request, 501, "not_implemented", f"method {method} is not implemented")
+            request.setHeader(b"allow", b", ".join(allowed))
+            names = ", ".join(name.decode() for name in allowed)
+            return error_body(request, 405, "method_not_allowed", f"{method} is not allowed here: use {names}")
+
+
 class _StaticFiles(File):
     """The dashboard's files: regular files whose real path is inside the folder, nothing else.
 
@@ -65,6 +102,8 @@ class _StaticFiles(File):
     index, and answers a name holding a NUL byte (``%00``) with a 500 (``os.stat`` raises
     ``ValueError``): each of these is a 404 here.
     """
+
+    childNotFound = _JSONNotFound()  # type: ignore[assignment]
 
     def getChild(self, path: bytes, request: Request) -> Resource:
         if b"\x00" in path:
@@ -120,6 +159,10 @@ class LimitedRequest(Request):
         # In memory, always: twisted.web would put a body over 100 kB (or any chunked one) in a
         # temporary file, written on the reactor thread; the limit bounds the memory instead.
         self.content = io.BytesIO()
+
+    def render(self, resrc: Any) -> None:
+        """Render ``resrc``, a method it does not take answered in JSON (see _JSONMethodErrors)."""
+        super().render(_JSONMethodErrors(resrc))
 
     def handleContentChunk(self, data: bytes) -> None:
         if self.body_too_large:
