@@ -13,6 +13,13 @@ acknowledged it (HTTP 200 means durable) or it is recorded as dropped.  Its inva
   ``(master, incarnation, first_seq, last_seq)`` ranges.
 * **Never on the caller's path.**  :meth:`Outbox.put` appends to a deque and returns; disk I/O
   happens in a thread (``run_in_thread``), network I/O in the reactor.
+* **Failover.**  With several senders (one per node of one firehose), a batch that fails in a
+  way another node may not (connection refused or reset, timeout, 5xx, 408, 429) is retried at
+  once on the next one, round robin; only when every node has failed in a row does the loop
+  back off.  A success keeps the outbox on that node (sticky: alternating would spread one
+  master's batches over nodes for no gain).  The batch and its ``(incarnation, seq)`` are the
+  same whichever node gets it, so order and dedup are unchanged: a batch the first node stored
+  but did not acknowledge is dropped as a duplicate by the next one *if they share a journal*.
 
 The spool is a directory of segment files (``<number>.jsonl``, one encoded event per line),
 written whole to a temporary name and renamed, so a crash never leaves a torn segment.  It
@@ -24,7 +31,7 @@ from __future__ import annotations
 import collections
 import os
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,6 +128,11 @@ def _unlink(path: str) -> None:
         pass
 
 
+def _name(sender: Any, index: int) -> str:
+    """How logs name a node: its URL when the sender has one (``HttpSender``), else its rank."""
+    return str(getattr(sender, "url", None) or f"node #{index + 1}")
+
+
 def _sync_thread(f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
     return defer.maybeDeferred(f, *args)
 
@@ -128,7 +140,8 @@ def _sync_thread(f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
 class Outbox:
     """Batches, sends, retries and spools encoded events; see the module docstring.
 
-    :param sender: posts one batch body; see :data:`Sender`.
+    :param sender: posts one batch body; see :data:`Sender`.  A sequence of senders (one per
+        node of the same firehose) enables failover between them, in that order.
     :param spool_dir: directory of the disk spool (created when first needed) and of
         ``dropped.jsonl``.
     :param reactor: provides ``callLater`` and ``seconds`` (a ``Clock`` in tests).
@@ -151,7 +164,7 @@ class Outbox:
     def __init__(
         self,
         *,
-        sender: Sender,
+        sender: Sender | Sequence[Sender],
         spool_dir: str,
         reactor: Any,
         run_in_thread: RunInThread | None = None,
@@ -166,7 +179,13 @@ class Outbox:
         segment_max_bytes: int = MIB,
         rand: Callable[[], float] = random.random,
     ) -> None:
-        self.sender = sender
+        #: One sender per node; :attr:`sender` is the one in use.
+        self.senders: list[Sender] = [sender] if callable(sender) else list(sender)
+        if not self.senders:
+            raise ValueError("Outbox needs at least one sender")
+        self._current = 0
+        #: Nodes that failed in a row since the last success or backoff (failover round).
+        self._round = 0
         self.spool_dir = spool_dir
         self.reactor = reactor
         self.run_in_thread: RunInThread = run_in_thread or _sync_thread
@@ -219,6 +238,25 @@ class Outbox:
     @property
     def memory_bytes(self) -> int:
         return self._memory_bytes
+
+    @property
+    def sender(self) -> Sender:
+        """The sender batches go to now (it stays the same until it fails)."""
+        return self.senders[self._current]
+
+    @sender.setter
+    def sender(self, value: Sender) -> None:
+        """Replace the sender in use (tests wrap it; a one-URL reporter swaps it on reconfig)."""
+        self.senders[self._current] = value
+
+    def set_senders(self, senders: Sequence[Sender]) -> None:
+        """Use a new list of nodes (reconfig), starting from the first; the batch in flight,
+        if any, finishes on the old one."""
+        if not senders:
+            raise ValueError("Outbox needs at least one sender")
+        self.senders = list(senders)
+        self._current = 0
+        self._round = 0
 
     @defer.inlineCallbacks
     def start(self) -> Any:
@@ -280,7 +318,8 @@ class Outbox:
             while True:
                 yield self._write_drops()
                 if self._stopping and (
-                    self._timed_out() or self._failures or not self._memory or self._segments
+                    # Mid failover round (self._round > 0), the next node is still worth a try.
+                    self._timed_out() or (self._failures and not self._round) or not self._memory or self._segments
                 ):
                     # Memory is newer than the spool: at stop it goes behind it, on disk.
                     break
@@ -307,6 +346,7 @@ class Outbox:
                     self._ack(len(batch), from_spool)
                     if outcome == "ok":
                         self._failures = 0
+                        self._round = 0
                         self.backoff.reset()
                         self._split = None
                         self.stats["delivered"] += len(batch)
@@ -315,6 +355,12 @@ class Outbox:
                     self._split = max(1, len(batch) // 2)
                 else:
                     self._failures += 1
+                    if outcome == "failover" and len(self.senders) > 1:
+                        self._round += 1
+                        self._next_node()
+                        if self._round < len(self.senders):
+                            continue  # the next node, at once
+                    self._round = 0
                     if self._stopping:
                         continue
                     if self._spill_needed():
@@ -329,6 +375,15 @@ class Outbox:
             if self._stop_deadline is not None and self._stop_deadline.active():
                 self._stop_deadline.cancel()
             self._stop_deadline = None
+
+    def _next_node(self) -> None:
+        """Move to the next sender (round robin) after a failure another node may not have."""
+        before = self._current
+        self._current = (self._current + 1) % len(self.senders)
+        self.stats["failovers"] += 1
+        if self._failures <= len(self.senders) or self._failures % 10 == 0:  # not a line per retry
+            log.msg(f"firehose: failing over from {_name(self.senders[before], before)} "
+                    f"to {_name(self.senders[self._current], self._current)}")
 
     def _wait(self, delay: float | None, reason: str) -> defer.Deferred[None]:
         """Sleep until ``delay`` passes (``None``: forever) or :meth:`_wake` is called."""
@@ -408,22 +463,30 @@ class Outbox:
 
     @defer.inlineCallbacks
     def _send(self, batch: list[Item]) -> Any:
-        """Post one batch; returns ``ok``, ``dropped``, ``split`` or ``retry``."""
+        """Post one batch; returns ``ok``, ``dropped``, ``split``, ``failover`` (another node
+        may do better: unreachable, timed out, 5xx, 408, 429) or ``retry`` (after a backoff,
+        on the same node: every node of one firehose would give the same answer)."""
         body = b"[" + b",".join(item.body for item in batch) + b"]"
         self.stats["requests"] += 1
         try:
             self._inflight = self.sender(body)
             code, text = yield self._inflight
         except defer.CancelledError:
-            return "retry"
+            if self._timed_out():
+                return "retry"  # cancelled by stop(): not the node's fault
+            self._note_failure("request timed out", len(batch))
+            return "failover"
         except Exception as exc:  # noqa: BLE001 - any transport error means: retry
             self._note_failure(f"cannot reach the server: {exc}", len(batch))
-            return "retry"
+            return "failover"
         finally:
             self._inflight = None
         if code == 200:
             if self._failures:
-                log.msg(f"firehose: server reachable again; delivery resumed ({self.pending} pending)")
+                log.msg(
+                    f"firehose: server reachable again at {_name(self.sender, self._current)}; "
+                    f"delivery resumed ({self.pending} pending)"
+                )
             return "ok"
         message = text[:500].decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
         if code == 413:
@@ -443,12 +506,15 @@ class Outbox:
             )
             return "retry"
         self._note_failure(f"server answered {code}: {message}", len(batch))
-        return "retry"
+        return "failover" if code >= 500 or code in (408, 429) else "retry"
 
     def _note_failure(self, why: str, n: int) -> None:
         self.stats["failures"] += 1
         if not self._failures or self._failures % 10 == 0:
-            log.msg(f"firehose: delivery of {n} events failed ({why}); retrying with backoff, {self.pending} pending")
+            log.msg(
+                f"firehose: delivery of {n} events to {_name(self.sender, self._current)} failed ({why}); "
+                f"retrying, {self.pending} pending"
+            )
 
     # -- spool -------------------------------------------------------------------------------------
 

@@ -6,6 +6,10 @@ Add it to ``master.cfg``::
     c['services'].append(reporters.FirehoseReporter(
         url='http://firehose.example:8080', token=util.Secret('firehose_token')))
 
+Several nodes of one firehose (sharing a Redis journal) are given as a list, or one string
+separated by commas or spaces: ``url=['http://fh1:8080', 'http://fh2:8080']``.  The outbox
+then fails over between them (see :mod:`buildbot_plugin.outbox`).
+
 How it stays off the master's critical path: it wraps ``master.mq.produce`` with a function
 that checks the routing key's shape and appends ``(key, payload, time)`` to a deque.  Everything
 else (conversion, the occasional data-API lookup, JSON encoding, validation, HTTP, disk) runs
@@ -90,6 +94,36 @@ class HttpSender:
         return self.pool.closeCachedConnections()
 
 
+def split_urls(url: Any) -> list[str]:
+    """The URLs in ``url``: a string (one URL, or several separated by commas or whitespace)
+    or a list/tuple of such strings; anything else gives ``[]`` for ``checkConfig`` to report."""
+    if isinstance(url, str):
+        items: list[Any] = [url]
+    elif isinstance(url, list | tuple):
+        items = list(url)
+    else:
+        return []
+    out: list[str] = []
+    for item in items:
+        if not isinstance(item, str):
+            return []
+        out.extend(u for u in re.split(r"[\s,]+", item) if u)
+    return out
+
+
+def _check_url(url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        config.error(f"FirehoseReporter: url must be an http:// or https:// URL with a host, got {url!r}")
+    elif parts.query or parts.fragment:
+        config.error(f"FirehoseReporter: url must not have a query or fragment, got {url!r}")
+    else:
+        try:
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError:
+            config.error(f"FirehoseReporter: url has an invalid port: {url!r}")
+
+
 def _check_number(name: str, value: Any, minimum: float = 0, integer: bool = False) -> None:
     kind = int if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kind) or value <= minimum:
@@ -100,7 +134,8 @@ class FirehoseReporter(service.BuildbotService):
     """Publishes this master's builds, steps, requests, buildsets, changes, workers and
     (optionally) logs to a firehose server.  See ``docs/plugin.md`` for every option.
 
-    :param url: base URL of the firehose server (``http://host:port``).
+    :param url: base URL of the firehose server (``http://host:port``), or of each node of one
+        firehose: a list, or a string separated by commas or spaces (failover, in that order).
     :param token: bearer token for ``/ingest`` (a string or a secret such as
         ``util.Secret('firehose_token')``).
     :param master_name: the name events carry; defaults to this master's name made safe.
@@ -133,12 +168,12 @@ class FirehoseReporter(service.BuildbotService):
 
     # Made by startService; reconfigService may run before (checks with getattr).
     tracker: Tracker
-    sender: HttpSender
+    senders: list[HttpSender]
     outbox: Outbox
     #: The wrapper installed on ``master.mq.produce`` (it carries the original).
     _hook: Any = None
 
-    def __init__(self, url: str, token: Any, master_name: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, url: str | list[str], token: Any, master_name: str | None = None, **kwargs: Any) -> None:
         self.reactor: Any = kwargs.pop("reactor", None)
         super().__init__(url, token, master_name, **kwargs)
 
@@ -149,19 +184,17 @@ class FirehoseReporter(service.BuildbotService):
         unknown = set(kwargs) - set(self.DEFAULTS) - {"name"}
         if unknown:
             config.error(f"FirehoseReporter: unknown option(s) {', '.join(sorted(unknown))}")
-        if not isinstance(url, str) or not url:
-            config.error("FirehoseReporter: url is required, e.g. url='http://firehose.example:8080'")
-        else:
-            parts = urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                config.error(f"FirehoseReporter: url must be an http:// or https:// URL with a host, got {url!r}")
-            elif parts.query or parts.fragment:
-                config.error(f"FirehoseReporter: url must not have a query or fragment, got {url!r}")
-            else:
-                try:
-                    parts.port  # noqa: B018 - raises on a bad port
-                except ValueError:
-                    config.error(f"FirehoseReporter: url has an invalid port: {url!r}")
+        urls = split_urls(url)
+        if not urls:
+            config.error(
+                "FirehoseReporter: url is required, e.g. url='http://firehose.example:8080' "
+                "(or a list of the URLs of one firehose's nodes)"
+            )
+        for u in urls:
+            _check_url(u)
+        normalized = [u.rstrip("/") for u in urls]
+        if len(set(normalized)) != len(normalized):
+            config.error(f"FirehoseReporter: url lists the same server twice: {url!r}")
         if token is None or (isinstance(token, str) and not token.strip()):
             config.error(
                 "FirehoseReporter: token is required (the bearer token the firehose server gave this "
@@ -206,9 +239,11 @@ class FirehoseReporter(service.BuildbotService):
                 config.error(f"FirehoseReporter: {key} must be a non-empty string or None, got {opts[key]!r}")
 
     @defer.inlineCallbacks
-    def reconfigService(self, url: str, token: Any, master_name: str | None = None, **kwargs: Any) -> Any:
+    def reconfigService(self, url: str | list[str], token: Any, master_name: str | None = None, **kwargs: Any) -> Any:
         """Apply (new) settings; a running reporter keeps its incarnation, sequence and queue."""
-        self.url = url.rstrip("/")
+        #: Base URLs of the nodes, in failover order; ``url`` names them all (logs).
+        self.urls = [u.rstrip("/") for u in split_urls(url)]
+        self.url = ", ".join(self.urls)
         self.token = yield self.renderSecrets(token)
         self.opts = {**self.DEFAULTS, **kwargs}
         self.master_name = master_name or convert.sanitize_master_name(self.master.name)
@@ -224,12 +259,17 @@ class FirehoseReporter(service.BuildbotService):
             self.tracker.redactor = self.redactor
             self.tracker.logs = self.opts["logs"]
             self.tracker.buildbot_url = self._buildbot_url()
-        if getattr(self, "sender", None) is not None:
-            old = self.sender
-            if old.url != self.url + "/ingest" or old.token != self.token:
-                self.sender = HttpSender(self.url, self.token, self.reactor, self.opts["request_timeout"])
-                self.outbox.sender = self.sender
-                yield old.close()
+        if getattr(self, "senders", None) is not None:
+            old = self.senders
+            if [s.url for s in old] != [u + "/ingest" for u in self.urls] or old[0].token != self.token:
+                self.senders = self._make_senders()
+                self.outbox.set_senders(self.senders)
+                for sender in old:
+                    yield sender.close()
+
+    def _make_senders(self) -> list[HttpSender]:
+        """One sender (its own persistent connection) per node."""
+        return [HttpSender(u, self.token, self.reactor, self.opts["request_timeout"]) for u in self.urls]
 
     @defer.inlineCallbacks
     def _secret_value(self, name: str) -> Any:
@@ -261,9 +301,9 @@ class FirehoseReporter(service.BuildbotService):
         self._threadpool = ThreadPool(minthreads=0, maxthreads=1, name="firehose-spool")
         self._threadpool.start()
         spool = self.opts["spool_dir"] or os.path.join(self.master.basedir or ".", "firehose-spool")
-        self.sender = HttpSender(self.url, self.token, self.reactor, self.opts["request_timeout"])
+        self.senders = self._make_senders()
         self.outbox = Outbox(
-            sender=self.sender,
+            sender=self.senders,
             spool_dir=spool,
             reactor=self.reactor,
             run_in_thread=lambda f, *a: threads.deferToThreadPool(self.reactor, self._threadpool, f, *a),
@@ -321,7 +361,8 @@ class FirehoseReporter(service.BuildbotService):
         try:
             yield self.outbox.stop(self.opts["stop_timeout"])
         finally:
-            yield self.sender.close()
+            for sender in self.senders:
+                yield sender.close()
             self._threadpool.stop()
             self.outbox = None  # type: ignore[assignment]
         yield super().stopService()

@@ -38,6 +38,12 @@ def errors_of(**kwargs: Any) -> list[str]:
         ({"flush_interval": 0}, "flush_interval must be a number > 0"),
         ({"batch_max_bytes": 4 * 1024 * 1024}, "1 MiB"),
         ({"no_such_option": 1}, "unknown option(s) no_such_option"),
+        ({"url": "http://127.0.0.1:1, ftp://x"}, "url must be an http:// or https:// URL with a host, got 'ftp://x'"),
+        ({"url": ["http://127.0.0.1:1", "http://h:99999"]}, "invalid port: 'http://h:99999'"),
+        ({"url": ["http://127.0.0.1:1", 5]}, "url is required"),
+        ({"url": []}, "url is required"),
+        ({"url": " , "}, "url is required"),
+        ({"url": "http://127.0.0.1:1 http://127.0.0.1:1/"}, "same server twice"),
     ],
 )
 def test_bad_configuration_is_reported_clearly(kwargs: dict[str, Any], needle: str) -> None:
@@ -52,6 +58,31 @@ def test_good_configuration_passes() -> None:
 
     assert errors_of(token=util.Secret("firehose_token"), master_name="ci-1", logs=True,
                      extra_deny_patterns=["^internal_"], spool_max_bytes=10_000_000) == []
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8080",
+        "http://127.0.0.1:8080,http://127.0.0.1:8081",
+        "http://127.0.0.1:8080, http://127.0.0.1:8081  https://127.0.0.1:8082/",
+        ["http://127.0.0.1:8080", "http://127.0.0.1:8081"],
+        ("http://127.0.0.1:8080",),
+    ],
+)
+def test_several_urls_are_accepted(url: Any) -> None:
+    """One URL, several in a list or tuple, or several in one string separated by commas
+    and/or spaces are all valid ``url`` values (each is checked)."""
+    assert errors_of(url=url) == []
+
+
+def test_split_urls_keeps_the_given_order() -> None:
+    """The failover order is the order the URLs are written in, whatever the separators."""
+    from buildbot_plugin.reporter import split_urls
+
+    assert split_urls("http://a:1, http://b:2 http://c:3,") == ["http://a:1", "http://b:2", "http://c:3"]
+    assert split_urls(["http://a:1,http://b:2", "http://c:3"]) == ["http://a:1", "http://b:2", "http://c:3"]
+    assert split_urls(None) == [] and split_urls(["http://a:1", None]) == []
 
 
 def test_entry_point_is_registered() -> None:
