@@ -81,7 +81,7 @@ class RedisServer:
     """
 
     def __init__(self, tmpdir: str | os.PathLike[str], appendfsync: str = "always") -> None:
-        self.dir = Path(tmpdir) / "redis"
+        self.dir = Path(tmpdir).resolve() / "redis"  # absolute: redis-server chdirs to --dir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.appendfsync = appendfsync
         self.port = _free_port()

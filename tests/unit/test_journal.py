@@ -276,3 +276,22 @@ class GroupCommitDedupTests(TestCase):
         ra, rb = self.successResultOf(a), self.successResultOf(b)
         self.assertEqual((len(ra.accepted), len(rb.accepted), rb.duplicates), (4, 0, 4))
         self.assertEqual(journal.head, 5)
+
+
+class RedisJournalTests(JournalContract, TestCase):
+    """The same contract on the shared journal, against a real ``redis-server`` (started per
+    test on a loopback port with its own directory; the test fails if none is installed).
+    Appends are delivered back through the node's reader loop, so the global reactor runs."""
+
+    def setUp(self) -> None:
+        from tests.redis_server import RedisServer
+
+        self.redis = RedisServer(self.mktemp())
+        self.redis.start()
+        self.addCleanup(self.redis.stop)
+        super().setUp()
+
+    def make_journal(self, retention: Retention | None = None, clock: IReactorTime | None = None) -> Any:
+        from firehose.redis_journal import RedisJournal
+
+        return RedisJournal(self.redis.url, retention=retention or Retention(max_age=None, max_events=None), clock=clock)
