@@ -52,6 +52,10 @@ def _duration(text: str) -> float:
     return h * 3600 + m * 60 + s
 
 
+_URL_HELP = ("the server, e.g. http://127.0.0.1:8080; or the nodes of one firehose separated by commas "
+             "(tried in turn: on a failure the next one, resuming by cursor)")
+
+
 def add_commands(commands: Any) -> None:
     """Add ``tail``, ``wait`` and ``query`` to the ``firehose`` command's subparsers."""
     raw = argparse.RawDescriptionHelpFormatter
@@ -59,7 +63,7 @@ def add_commands(commands: Any) -> None:
         "tail", help="print events as they happen", formatter_class=raw, epilog=TAIL_EPILOG,
         description="Stream events from a firehose server, one per line (JSON lines by default).",
     )
-    tail.add_argument("url", metavar="URL", help="the server, e.g. http://127.0.0.1:8080")
+    tail.add_argument("url", metavar="URL[,URL...]", help=_URL_HELP)
     tail.add_argument("filters", metavar="FIELD=PATTERN", nargs="*", help="filters (see below)")
     tail.add_argument("--since", metavar="CURSOR",
                       help="start after this cursor (an event's id), or 'earliest' (default: now)")
@@ -72,7 +76,7 @@ def add_commands(commands: Any) -> None:
         description="Wait until every build for a revision (submitted so far, and those still "
         "queued) has finished; print a summary.",
     )
-    wait_.add_argument("url", metavar="URL", help="the server, e.g. http://127.0.0.1:8080")
+    wait_.add_argument("url", metavar="URL[,URL...]", help=_URL_HELP)
     wait_.add_argument("--revision", required=True, metavar="REV", help="the revision ('*' wildcard: 4d2c*)")
     wait_.add_argument("--branch", metavar="B", help="only builds of this branch (glob)")
     wait_.add_argument("--builder", metavar="GLOB", help="only builds of builders matching this glob")
@@ -90,7 +94,7 @@ def add_commands(commands: Any) -> None:
         epilog="exit codes: 0 answered; 2 error. Examples: firehose query URL builds builder=linux* limit=5; "
         "firehose query URL builds/bm1/1234; firehose query URL revisions branch=main",
     )
-    query.add_argument("url", metavar="URL", help="the server, e.g. http://127.0.0.1:8080")
+    query.add_argument("url", metavar="URL[,URL...]", help=_URL_HELP)
     query.add_argument("endpoint", metavar="ENDPOINT", nargs="?", default="",
                        help="e.g. queue, running, builds/MASTER/BUILDID (none: list the endpoints)")
     query.add_argument("params", metavar="NAME=VALUE", nargs="*", help="filters and paging (limit, offset)")

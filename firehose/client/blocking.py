@@ -3,6 +3,10 @@
 For plain scripts: no reactor, no Twisted import.  A :class:`Stream` resumes by cursor after
 any outage, retrying with :class:`~firehose.backoff.Backoff`, so nothing is lost or delivered
 twice; a real loss is surfaced as a :class:`~firehose.client.common.Gap`.
+
+Given several URLs (nodes of one firehose), a failed request moves to the next one at once and
+resumes there from the same cursor (the nodes share one cursor space); the backoff applies once
+every URL has failed in a row, and a working URL is kept (sticky).
 """
 
 from __future__ import annotations
@@ -16,11 +20,11 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from firehose.backoff import Backoff
-from firehose.client.common import Gap, RequestError, Unavailable, base_url, check_since, filter_dict
+from firehose.client.common import Gap, RequestError, Unavailable, base_urls, check_since, filter_dict
 
 log = logging.getLogger("firehose.client")
 
@@ -41,11 +45,12 @@ class Stream:
     :ivar cursor: where to resume: the id of the last event this iterator yielded (or a later
         position the server told it about).  Store it and pass it as ``since`` to continue in
         another process exactly where this one stopped.
+    :ivar urls: the nodes it may use, in order; :attr:`url` is the one in use.
     """
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         filter: Mapping[str, Any] | None = None,
         since: str | None = None,
         *,
@@ -60,7 +65,10 @@ class Stream:
         sleep: Callable[[float], None] = time.sleep,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.url = base_url(url)
+        self.urls = base_urls(url)
+        self._node = 0
+        #: Requests failed in a row (on any URL) since the last answer.
+        self._failed = 0
         self.filter = filter_dict(filter)
         self.cursor: str | None = check_since(since)
         self.on_gap = on_gap
@@ -80,6 +88,11 @@ class Stream:
         self._buffer: collections.deque[dict[str, Any]] = collections.deque()
         self._after: str | None = None
         self._down_since: float | None = None
+
+    @property
+    def url(self) -> str:
+        """The base URL requests go to now (the first one until it fails)."""
+        return self.urls[self._node]
 
     def __iter__(self) -> Stream:
         return self
@@ -161,6 +174,7 @@ class Stream:
                 problem = _describe(exc)
             else:
                 self.connected = True
+                self._failed = 0
                 self._down_since = None
                 self.backoff.reset()
                 items, after = self._parse(answer)
@@ -193,14 +207,23 @@ class Stream:
         return items, cursor
 
     def _retry_or_raise(self, problem: str) -> None:
+        """After a failed request: the next URL at once, or (every URL failed in a row) raise
+        or sleep a backoff and start the next round at the next URL."""
         now = self.monotonic()
-        if self.fail_fast and not self.connected:
-            raise Unavailable(f"cannot reach the firehose at {self.url}: {problem}")
         if self._down_since is None:
             self._down_since = now
+        self._failed += 1
+        failed = self.url
+        self._node = (self._node + 1) % len(self.urls)
+        if self._failed % len(self.urls):
+            log.warning("firehose: %s at %s; trying %s from %s", problem, failed, self.url, self.cursor or "now")
+            return
+        where = ", ".join(self.urls)
+        if self.fail_fast and not self.connected:
+            raise Unavailable(f"cannot reach the firehose at {where}: {problem}")
         if self.give_up_after is not None and now - self._down_since >= self.give_up_after:
             raise Unavailable(
-                f"the firehose at {self.url} has been unreachable for {now - self._down_since:.0f}s: {problem}"
+                f"the firehose at {where} has been unreachable for {now - self._down_since:.0f}s: {problem}"
             )
         delay = self.backoff.next()
         if self.deadline is not None:
@@ -224,7 +247,7 @@ def _describe(exc: BaseException) -> str:
 
 
 def stream(
-    url: str,
+    url: str | Sequence[str],
     *,
     since: str | None = None,
     filter: Mapping[str, Any] | None = None,
@@ -237,7 +260,8 @@ def stream(
 ) -> Stream:
     """Iterate over the events of a firehose, blocking; resumes by itself after any outage.
 
-    :param url: the server, ``http://host:port``.
+    :param url: the server, ``http://host:port``; or the nodes of one firehose, as a list or
+        separated by commas: a failed request moves to the next one and resumes by cursor.
     :param since: ``None``/``"now"`` (live), ``"earliest"``, or a cursor (an event's ``id``, or
         :attr:`Stream.cursor` saved earlier): start after it.
     :param fields: the filter: ``builder="try-*"``, ``type=["build.finished"]``,
@@ -263,7 +287,14 @@ def stream(
     )
 
 
-def query(url: str, endpoint: str = "", *, timeout: float = 30.0, **params: Any) -> dict[str, Any]:
+def query(
+    url: str | Sequence[str],
+    endpoint: str = "",
+    *,
+    timeout: float = 30.0,
+    _opener: urllib.request.OpenerDirector | None = None,
+    **params: Any,
+) -> dict[str, Any]:
     """GET ``/api/<endpoint>`` with ``params`` (filters, ``limit``, ``offset``); the JSON answer.
 
     Every answer carries ``cursor``: pass it as ``since`` to :func:`stream` to follow what
@@ -272,17 +303,27 @@ def query(url: str, endpoint: str = "", *, timeout: float = 30.0, **params: Any)
         snapshot = query(url, "running", builder="linux*")
         for event in stream(url, since=snapshot["cursor"], builder="linux*"): ...
 
+    With several URLs (nodes of one firehose), each is asked in turn until one answers; a 5xx
+    or a connection failure moves to the next, a 4xx is the answer.
+
     :raises RequestError: the server refused the question (bad filter, unknown endpoint).
-    :raises Unavailable: the server could not be reached.
+    :raises Unavailable: no server could be reached (or every one answered 5xx).
     """
-    base = base_url(url)
+    bases = base_urls(url)
     qs = urllib.parse.urlencode({k.replace("__", "."): v for k, v in params.items() if v is not None}, doseq=True)
-    target = f"{base}/api/{endpoint.strip('/')}" + (f"?{qs}" if qs else "")
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(target, timeout=timeout) as resp:
-            return dict(json.loads(resp.read()))
-    except urllib.error.HTTPError as exc:
-        raise _request_error(exc) from None
-    except _RETRYABLE as exc:
-        raise Unavailable(f"cannot reach the firehose at {base}: {_describe(exc)}") from None
+    opener = _opener or urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    problems: list[str] = []
+    for base in bases:
+        target = f"{base}/api/{endpoint.strip('/')}" + (f"?{qs}" if qs else "")
+        try:
+            with opener.open(target, timeout=timeout) as resp:
+                return dict(json.loads(resp.read()))
+        except urllib.error.HTTPError as exc:
+            if exc.code < 500:
+                raise _request_error(exc) from None
+            problems.append(f"{base}: HTTP {exc.code}")
+        except _RETRYABLE as exc:
+            problems.append(f"{base}: {_describe(exc)}")
+    if len(problems) == 1:
+        raise Unavailable(f"cannot reach the firehose at {problems[0]}")
+    raise Unavailable(f"cannot reach the firehose at any of its URLs ({'; '.join(problems)})")

@@ -7,8 +7,9 @@ so the blocking client never imports Twisted through here.
 
 from __future__ import annotations
 
+import re
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from firehose.cursor import NOW, CursorError, parse_cursor, parse_since
@@ -124,3 +125,23 @@ def base_url(url: str) -> str:
     if scheme not in ("http", "https") or not parts.netloc:
         raise RequestError("bad_url", f"not a firehose URL: {url!r} (expected http://host:port)")
     return f"{scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+
+
+def base_urls(url: str | Sequence[str]) -> list[str]:
+    """Every :func:`base_url` in ``url``: one URL, several separated by commas (or spaces), or
+    a list of them, in the order given (the order a client tries them in).
+
+    Several URLs are for several nodes of *one* firehose (sharing its journal, so a cursor
+    from one is valid on the others); a load balancer in front needs just its own URL.
+
+    :raises RequestError: ``bad_url`` for an empty list or any URL that is not one.
+    """
+    items = [url] if isinstance(url, str) else list(url)
+    out: list[str] = []
+    for item in items:
+        if not isinstance(item, str):
+            raise RequestError("bad_url", f"not a firehose URL: {item!r} (expected http://host:port)")
+        out.extend(base_url(u) for u in re.split(r"[\s,]+", item) if u)
+    if not out:
+        raise RequestError("bad_url", f"no firehose URL in {url!r} (expected http://host:port)")
+    return out

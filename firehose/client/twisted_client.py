@@ -5,7 +5,8 @@ Imported only when ``firehose.client.FirehoseClient`` is first used (the package
 lazily), so a script using only the blocking client never imports Twisted or autobahn.  What the
 user sees (callbacks, ``async for``, the cursor) is :class:`~firehose.client.consumer.Consumer`,
 shared with :class:`firehose.testing.FakeClient`; this module is the connection: connect,
-subscribe, reconnect with backoff, resubscribe after a ``slow`` gap.
+subscribe, reconnect with backoff, resubscribe after a ``slow`` gap, and move to the next URL
+when it is given several (nodes of one firehose).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
@@ -21,7 +22,7 @@ from twisted.internet import defer
 from twisted.internet.endpoints import clientFromString
 
 from firehose.backoff import Backoff
-from firehose.client.common import Gap, RequestError, base_url, check_since, filter_dict, offset_after
+from firehose.client.common import Gap, RequestError, base_urls, check_since, filter_dict, offset_after
 from firehose.client.consumer import Consumer
 
 log = logging.getLogger("firehose.client")
@@ -44,6 +45,10 @@ class FirehoseClient(Consumer):
     gap's cursor; a gap that lost events goes to ``on_gap`` (or into the iteration as a
     :class:`~firehose.client.common.Gap`).
 
+    :param url: the server; or the nodes of one firehose (a list, or separated by commas).  A
+        failed connection or a lost one moves to the next URL at once and subscribes there with
+        the same cursor (the nodes share one cursor space); the backoff applies once every URL
+        has failed in a row, and a working URL is kept.
     :param reactor: the reactor (default: the global one).
     :param connect: ``connect(factory) -> Deferred[protocol]``; default a TCP/TLS connection
         to the URL's host (tests plug in memory transports).
@@ -54,7 +59,7 @@ class FirehoseClient(Consumer):
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         filter: Mapping[str, Any] | None = None,
         since: str | None = None,
         *,
@@ -74,8 +79,11 @@ class FirehoseClient(Consumer):
 
             reactor = _reactor
         self.reactor = reactor
-        self.base = base_url(url)
-        self.ws_url = self.base.replace("http", "ws", 1) + "/ws"
+        #: The nodes it may use, in order; :attr:`base` is the one in use.
+        self.bases = base_urls(url)
+        self._node = 0
+        #: Connections failed or lost in a row since the last ``subscribed``.
+        self._failed = 0
         self.filter = filter_dict(filter, **fields)
         self._since = check_since(since)
         super().__init__(self._since, on_event, on_gap, max_queued)
@@ -92,6 +100,15 @@ class FirehoseClient(Consumer):
         self._connecting: Any = None
         self._stopped = False
         self._started = False
+
+    @property
+    def base(self) -> str:
+        """The base URL the client connects to now."""
+        return self.bases[self._node]
+
+    @property
+    def ws_url(self) -> str:
+        return self.base.replace("http", "ws", 1) + "/ws"
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -164,6 +181,14 @@ class FirehoseClient(Consumer):
     def _schedule(self, why: str) -> None:
         if self._stopped or (self._retry is not None and self._retry.active()):
             return
+        self._failed += 1
+        failed = self.base
+        self._node = (self._node + 1) % len(self.bases)
+        if self._failed % len(self.bases):
+            # Another node may be up: try it now; back off only once every URL has failed.
+            log.warning("firehose: %s at %s; trying %s from %s", why, failed, self.base, self._received or "now")
+            self._retry = self.reactor.callLater(0, self._open)
+            return
         delay = self.backoff.next()
         log.warning("firehose: %s; reconnecting in %.1fs from %s", why, delay, self._received or "now")
         self._retry = self.reactor.callLater(delay, self._open)
@@ -219,6 +244,7 @@ class FirehoseClient(Consumer):
             self._deliver(msg)
         elif kind == "subscribed":
             self.connected = True
+            self._failed = 0
             self.backoff.reset()
             if self._received is None:
                 self._received = msg.get("cursor")

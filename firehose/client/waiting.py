@@ -8,7 +8,7 @@ Built on the blocking :class:`~firehose.client.blocking.Stream`: no Twisted.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -250,7 +250,7 @@ class RevisionTracker:
 
 
 def wait(
-    url: str,
+    url: str | Sequence[str],
     revision: str,
     *,
     branch: str | None = None,
