@@ -62,6 +62,15 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--retention-days", metavar="DAYS", type=float, help=f"drop events older than this (default {_days(retention.max_age)})")
     serve.add_argument("--retention-events", metavar="N", type=int, help=f"keep at most N events (default {_count(retention.max_events)})")
     serve.add_argument(
+        "--redis", metavar="URL",
+        help="share one journal with other nodes on Redis Streams, redis://HOST:PORT/DB (instead of --db; "
+        "see docs/server.md for the persistence settings that make a 200 durable)",
+    )
+    serve.add_argument(
+        "--redis-wait-replicas", metavar="N", type=int,
+        help="with --redis: acknowledge a batch only once N Redis replicas have it (WAIT)",
+    )
+    serve.add_argument(
         "--synchronous", choices=["FULL", "NORMAL"],
         help="FULL (default): an acknowledged batch survives a power cut; NORMAL: a process crash only",
     )
@@ -137,6 +146,12 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = 
         )
     if args.synchronous:
         config.synchronous = args.synchronous
+    if getattr(args, "redis", None):
+        config.redis = args.redis
+    if getattr(args, "redis_wait_replicas", None) is not None:
+        if args.redis_wait_replicas < 0:
+            raise ConfigError("--redis-wait-replicas must be 0 or more")
+        config.redis_wait_replicas = args.redis_wait_replicas
     if getattr(args, "webhook_admin_token", None):
         config.webhooks.admin_token = args.webhook_admin_token
     config.webhooks.allow_networks += getattr(args, "webhook_allow_network", None) or []

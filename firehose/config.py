@@ -153,6 +153,10 @@ class Config:
     max_body: int = DEFAULT_MAX_BODY
     retention: Retention = field(default_factory=Retention)
     synchronous: str = "FULL"
+    #: ``redis://HOST:PORT/DB``: the shared journal of several nodes (issue #12) instead of ``db``.
+    redis: str | None = None
+    #: With ``redis``: replicas that must acknowledge each write (``WAIT``) before a 200.
+    redis_wait_replicas: int = 0
     #: How often retention runs, in seconds.
     trim_interval: float = 60.0
     page_size: int = 500
@@ -188,6 +192,7 @@ def tokens_from_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
 
 def load_config_file(path: str, config: Config) -> Config:
     """Overlay a TOML file on ``config``.  Keys: ``listen``, ``db``, ``max_body``, ``synchronous``,
+    ``redis``, ``redis_wait_replicas``,
     ``[masters]`` (name = token), ``[retention]`` (``max_age_days``, ``max_events``),
     ``[limits]`` (``max_connections``, ``max_connections_per_address``, ``request_timeout``,
     ``idle_timeout``), ``[webhooks]`` (:func:`apply_config_table`)."""
@@ -198,7 +203,8 @@ def load_config_file(path: str, config: Config) -> Config:
         raise ConfigError(f"cannot read config file {path!r}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path!r} is not valid TOML: {exc}") from None
-    known = {"listen", "db", "max_body", "synchronous", "masters", "retention", "webhooks", "limits"}
+    known = {"listen", "db", "max_body", "synchronous", "masters", "retention", "webhooks", "limits",
+             "redis", "redis_wait_replicas"}
     unknown = set(data) - known
     if unknown:
         raise ConfigError(f"config file {path!r}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
@@ -207,6 +213,10 @@ def load_config_file(path: str, config: Config) -> Config:
             setattr(config, key, str(data[key]))
     if "max_body" in data:
         config.max_body = int(data["max_body"])
+    if "redis" in data:
+        config.redis = str(data["redis"])
+    if "redis_wait_replicas" in data:
+        config.redis_wait_replicas = int(data["redis_wait_replicas"])
     for name, token in (data.get("masters") or {}).items():
         n, t = parse_token(f"{name}={token}")
         config.tokens[n] = t

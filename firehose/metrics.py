@@ -122,6 +122,18 @@ class FirehoseCollector:
             "firehose_journal_writable", "1 while journal writes reach storage, 0 after a storage fault.",
             value=1 if writes.writable else 0,
         )
+        link = getattr(self.journal, "link", None)
+        if link is not None:
+            # The shared journal (firehose.redis_journal): its Redis link and this node's lag.
+            state = link()
+            yield GaugeMetricFamily(
+                "firehose_redis_connected", "1 while this node's link to the shared Redis journal is up.",
+                value=1 if state["connected"] else 0,
+            )
+            yield GaugeMetricFamily(
+                "firehose_redis_lag_events", "Events in the shared stream this node has not delivered yet.",
+                value=state["lag"],
+            )
         yield from self._connection_metrics()
         yield from self._webhook_metrics()
 

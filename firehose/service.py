@@ -49,6 +49,14 @@ class FirehoseServer:
         self.webhooks: Any = None
 
     def _open_journal(self) -> IJournal:
+        if self.config.redis:
+            # Imported here: redis-py is needed only by nodes that share a journal.
+            from firehose.redis_journal import RedisJournal
+
+            return RedisJournal(
+                self.config.redis, self.reactor, self.config.retention,
+                wait_replicas=self.config.redis_wait_replicas,
+            )
         if self.config.db == ":memory:":
             return MemoryJournal(retention=self.config.retention, clock=self.reactor)
         return SQLiteJournal(

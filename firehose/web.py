@@ -283,5 +283,7 @@ def _health(hub: Hub, journal: IJournal) -> dict[str, Any]:
         "earliest": hub.cursor(journal.earliest - 1),
         "subscribers": dict(hub.stats.subscribers),
         "masters": {m: {"incarnation": i, "last_seq": s} for m, (i, s) in journal.last_seqs().items()},
+        # The shared journal's Redis link: connected, this node's lag, the last error.
+        **({"redis": journal.link()} if hasattr(journal, "link") else {}),
     }
 
