@@ -44,10 +44,13 @@ def parse_cursor(text: str) -> Cursor:
     return Cursor(match.group(1), int(match.group(2)))
 
 
-def parse_since(since: str | None) -> str | Cursor:
+def parse_since(since: object) -> str | Cursor:
     """Where a subscription starts, as every reader of ``since`` must understand it: ``NOW`` for
     ``None``, ``""`` and ``"now"`` (live only), ``EARLIEST`` for ``"earliest"``, otherwise the
-    parsed :class:`Cursor` (raising :class:`CursorError` for anything else)."""
+    parsed :class:`Cursor` (raising :class:`CursorError` for anything else, a value from JSON
+    that is not a string included)."""
+    if since is not None and not isinstance(since, str):
+        raise CursorError(f"'since' must be a cursor string, 'earliest' or 'now', not {type(since).__name__}")
     if since is None or since == "" or since == NOW:
         return NOW
     if since == EARLIEST:

@@ -19,7 +19,7 @@ def test_earliest_and_a_cursor() -> None:
     assert parse_since("ab12:42") == Cursor("ab12", 42)
 
 
-@pytest.mark.parametrize("since", ["latest", "ab12", "ab12:-1", "NOW", " :1"])
+@pytest.mark.parametrize("since", ["latest", "ab12", "ab12:-1", "NOW", " :1", 7, ["ab12:1"], {"a": 1}])
 def test_anything_else_is_a_cursor_error(since: str) -> None:
     """A word that is not a keyword is not silently taken as one: it is a malformed cursor."""
     with pytest.raises(CursorError):
