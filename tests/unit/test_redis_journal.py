@@ -1,0 +1,159 @@
+"""The shared journal beyond the contract: several nodes on one real ``redis-server``.
+
+Two :class:`RedisJournal` instances on one Redis stand for two nodes (the e2e tests run real
+processes).  Each waits on what its reader loop delivers, never on time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from twisted.internet import defer
+from twisted.trial.unittest import TestCase
+from zope.interface.verify import verifyObject
+
+from firehose.config import Retention
+from firehose.hub import Hub
+from firehose.journal import IJournal, JournalError
+from firehose.redis_journal import RedisJournal
+from firehose.web import _health
+from tests.redis_server import RedisServer
+from tests.unit.helpers import batch
+
+
+class Recorder:
+    """Listens to a journal; :meth:`until` fires once ``head`` reached an offset."""
+
+    def __init__(self, journal: RedisJournal) -> None:
+        self.journal = journal
+        self.seen: list[tuple[int, str, bytes]] = []
+        self._waits: list[tuple[int, defer.Deferred[None]]] = []
+        journal.listen(self._heard)
+
+    def _heard(self, events: list[Any]) -> None:
+        self.seen += [(e.offset, e.cursor, e.encoded) for e in events]
+        ready = [w for w in self._waits if w[0] <= self.journal.head]
+        self._waits = [w for w in self._waits if w[0] > self.journal.head]
+        for _, d in ready:
+            d.callback(None)
+
+    def until(self, offset: int) -> defer.Deferred[None]:
+        if self.journal.head >= offset:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._waits.append((offset, d))
+        return d
+
+
+class RedisJournalNodesTests(TestCase):
+    def setUp(self) -> None:
+        self.server = RedisServer(self.mktemp())
+        self.server.start()
+        self.addCleanup(self.server.stop)
+
+    def node(self, **kw: Any) -> RedisJournal:
+        journal = RedisJournal(self.server.url, retention=Retention(max_age=None, max_events=None), **kw)
+        self.addCleanup(journal.close)
+        return journal
+
+    @defer.inlineCallbacks
+    def test_two_nodes_see_one_stream(self) -> Any:
+        """Events appended through either node reach both nodes' listeners with the same
+        offsets, cursors and bytes, in the same order, and both read back the same."""
+        a, b = self.node(), self.node()
+        self.assertTrue(verifyObject(IJournal, a))
+        self.assertEqual(a.epoch, b.epoch)
+        ra, rb = Recorder(a), Recorder(b)
+        yield a.append(batch(1, 3, master="m1"))
+        yield b.append(batch(1, 2, master="m2"))
+        yield a.append(batch(4, 5, master="m1"))
+        yield defer.gatherResults([ra.until(7), rb.until(7)])
+        self.assertEqual([o for o, _, _ in ra.seen], list(range(1, 8)))
+        self.assertEqual(ra.seen, rb.seen)
+        back_a = yield a.read(0, 100)
+        back_b = yield b.read(0, 100)
+        self.assertEqual([(e.offset, e.cursor, e.encoded) for e in back_a], ra.seen)
+        self.assertEqual([(e.offset, e.cursor, e.encoded) for e in back_b], ra.seen)
+        self.assertEqual(b.last_seqs(), {"m1": ("i1", 5), "m2": ("i1", 2)})
+
+    @defer.inlineCallbacks
+    def test_same_batch_through_two_nodes_at_once_is_stored_once(self) -> Any:
+        """A retried batch sent to two nodes concurrently is stored once: what one node
+        accepts the other counts as duplicates, whichever script ran first."""
+        a, b = self.node(), self.node()
+        ra, rb = yield defer.gatherResults([a.append(batch(1, 50)), b.append(batch(1, 50))])
+        self.assertEqual(len(ra.accepted) + len(rb.accepted), 50)
+        self.assertEqual(ra.duplicates + rb.duplicates, 50)
+        yield Recorder(b).until(50)
+        stored = yield b.read(0, 1000)
+        self.assertEqual([e.obj["seq"] for e in stored], list(range(1, 51)))
+
+    @defer.inlineCallbacks
+    def test_flushall_makes_a_new_epoch(self) -> Any:
+        """When Redis loses everything (FLUSHALL), a running node refuses to write into the new
+        stream (503) and says why; a node opened afterwards starts a new epoch, so old cursors
+        get the epoch gap."""
+        a = self.node()
+        yield a.append(batch(1, 3))
+        old = a.epoch
+        redis.Redis.from_url(self.server.url).flushall()
+        yield self.assertFailure(a.append(batch(4, 4)), JournalError)
+        self.assertFalse(a.write_health.writable)
+        self.assertIn("restart this node", a.link()["last_error"])
+        b = self.node()
+        self.assertNotEqual(b.epoch, old)
+        self.assertEqual((b.head, b.earliest), (0, 1))
+
+    @defer.inlineCallbacks
+    def test_acknowledged_events_survive_kill_9_of_redis(self) -> Any:
+        """With AOF and ``appendfsync always``, every batch whose append fired is still there
+        after Redis is killed with SIGKILL and restarted (same epoch, same offsets)."""
+        a = self.node()
+        acked: list[tuple[int, str]] = []
+        for first in range(1, 200, 20):
+            r = yield a.append(batch(first, first + 19))
+            acked += [(e.offset, e.cursor) for e in r.accepted]
+        epoch = a.epoch
+        self.server.kill()
+        self.server.restart()
+        b = self.node()
+        self.assertEqual((b.epoch, b.head), (epoch, 200))
+        back = yield b.read(0, 1000)
+        self.assertEqual([(e.offset, e.cursor) for e in back], acked)
+        again = yield b.append(batch(195, 201))
+        self.assertEqual((len(again.accepted), again.duplicates), (1, 6))
+
+    @defer.inlineCallbacks
+    def test_redis_down_fails_appends_then_recovers(self) -> Any:
+        """While Redis is down an append fails with JournalError (ingest's 503) and /health
+        shows the link down and degraded; once Redis is back, appends succeed and are delivered
+        again through the reader loop, resuming where it was."""
+        a = self.node()
+        rec = Recorder(a)
+        hub = Hub(a)
+        yield a.append(batch(1, 2))
+        self.server.kill()
+        yield self.assertFailure(a.append(batch(3, 4)), JournalError)
+        health = _health(hub, a)
+        self.assertEqual(health["status"], "degraded")
+        self.assertFalse(health["redis"]["connected"])
+        self.assertTrue(health["redis"]["last_error"])
+        self.server.restart()
+        r = yield a.append(batch(3, 4))
+        self.assertEqual([e.offset for e in r.accepted], [3, 4])
+        self.assertEqual([o for o, _, _ in rec.seen], [1, 2, 3, 4])
+        health = _health(hub, a)
+        self.assertEqual(health["status"], "ok")
+        self.assertTrue(health["redis"]["connected"])
+        self.assertEqual(health["redis"]["lag"], 0)
+
+    @defer.inlineCallbacks
+    def test_too_few_replicas_is_not_acknowledged(self) -> Any:
+        """With ``wait_replicas=1`` and no replica, the batch is stored but its append fails
+        (not acknowledged); the master's retry is then a duplicate, not a second copy."""
+        a = self.node(wait_replicas=1, wait_timeout_ms=50)
+        yield self.assertFailure(a.append(batch(1, 2)), JournalError)
+        b = self.node()
+        again = yield b.append(batch(1, 2))
+        self.assertEqual((len(again.accepted), again.duplicates), (0, 2))
