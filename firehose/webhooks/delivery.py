@@ -70,6 +70,8 @@ class Delivery:
         self.pending: tuple[list[Event], list[dict[str, Any]]] | None = None
         self.timer: IDelayedCall | None = None
         self.stopped = False
+        #: Across nodes: the moved cursor is being persisted; the next batch waits for it.
+        self.saving = False
         self.ended = False  # the hub ended the subscription (slow): resubscribe when drained
         self.backoff = Backoff(dispatcher.config.retry_initial, dispatcher.config.retry_max,
                                rand=dispatcher.rand)
@@ -121,7 +123,7 @@ class Delivery:
     # Loop
 
     def _busy(self) -> bool:
-        return self.inflight is not None or self.timer is not None
+        return self.inflight is not None or self.timer is not None or self.saving
 
     def _kick(self) -> None:
         if self.stopped:
@@ -138,6 +140,10 @@ class Delivery:
         if self._busy():
             return
         if self.buffer or self.gaps:
+            leases = self.dispatcher.leases
+            if leases is not None and not leases.holds(self.hook.id):
+                self.stop()  # across nodes, a batch goes out only under a lease we hold
+                return
             self._post()
         elif self.ended and self.sub is None:
             self.start()
@@ -225,8 +231,19 @@ class Delivery:
             hook.cursor = gaps[-1].get("cursor") or hook.cursor
         self.dispatcher.stats.delivered += 1
         self.dispatcher.stats.events += len(batch)
-        self.dispatcher.save()
-        self._kick()
+        saved = self.dispatcher.save()
+        if self.dispatcher.leases is None:
+            self._kick()
+            return
+        # Across nodes the cursor is persisted before the next batch goes out, so a node that
+        # dies doubles at most the batch it had in flight.
+        self.saving = True
+
+        def next_batch(_: Any) -> None:
+            self.saving = False
+            self._kick()
+
+        saved.addBoth(next_batch)
 
     def _retry(self, error: str) -> None:
         hook = self.hook

@@ -5,6 +5,13 @@ fed from the journal from the hook's stored cursor, so a restart resumes where d
 stopped).  Hooks come from the API and from the ``[webhooks]`` table of the server's config
 file; their state is kept by a :mod:`~firehose.webhooks.store`, their last attempts by a
 :class:`~firehose.webhooks.log.DeliveryLog` each (in memory).
+
+Across nodes (``--redis``) the store is a :class:`~firehose.webhooks.redis_store.RedisHookStore`
+and a :class:`~firehose.webhooks.lease.LeaseManager` decides which node delivers each hook: a
+node starts a hook's delivery only once it holds the hook's lease, after reading the cursor the
+previous holder persisted, waits for each cursor to be persisted before the next batch, and
+stops at once when it loses the lease.  Every node reads the store every ``poll_interval``
+seconds, so hooks registered, changed or removed through another node's API are seen here.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from dataclasses import asdict
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.web.client import HTTPConnectionPool
 
@@ -34,7 +42,9 @@ from firehose.webhooks.hooks import (
     check_previous_secrets,
     check_secret,
 )
+from firehose.webhooks.lease import LeaseManager
 from firehose.webhooks.log import LOG_SIZE, DeliveryLog
+from firehose.webhooks.redis_store import DELIVERY_FIELDS, MOVED, REMOVED, RedisHookStore
 from firehose.webhooks.store import HookStore, JSONFileHookStore, MemoryHookStore
 from firehose.webhooks.urls import check_url, parse_networks
 
@@ -51,6 +61,10 @@ class WebhookDispatcher:
         ``random.Random(0).random``); default :func:`random.random`.
     :param resolve: host name -> addresses for the default agent (tests).
     :param log_size: attempts kept in each hook's delivery log.
+    :param leases: with a :class:`RedisHookStore`, the node's leases: hooks are shared with
+        other nodes and this one delivers only those it holds (None: one node, every hook).
+    :param poll_interval: how often (seconds) a node sharing hooks reads the store for what
+        other nodes changed.
     """
 
     log = Logger()
@@ -65,6 +79,8 @@ class WebhookDispatcher:
         rand: Callable[[], float] | None = None,
         resolve: Resolve | None = None,
         log_size: int = LOG_SIZE,
+        leases: LeaseManager | None = None,
+        poll_interval: float = 2.0,
     ) -> None:
         self.hub = hub
         self.config = config
@@ -84,6 +100,17 @@ class WebhookDispatcher:
         self.stats = WebhookStats()
         self.loaded = False
         self.running = False
+        self.leases = leases
+        self.poll_interval = poll_interval
+        self._poll: LoopingCall | None = None
+        if leases is not None:
+            if not isinstance(store, RedisHookStore):
+                raise TypeError("leases need a RedisHookStore: the hooks must be shared")
+            self.shared: RedisHookStore | None = store
+            store.token = leases.token
+            store.refused = self._refused
+        else:
+            self.shared = None
 
     # Lifecycle
 
@@ -119,36 +146,171 @@ class WebhookDispatcher:
         if not self.loaded:
             self.load()
         self.running = True
-        for hook in self.hooks.values():
-            if hook.active:
-                self._start(hook)
+        if self.leases is None:
+            for hook in self.hooks.values():
+                if hook.active:
+                    self._start(hook)
         self.save()
+        if self.leases is not None:
+            self.leases.start(self._wanted, self._acquired, self._lost)
+            poll = self._poll = LoopingCall(self._refresh)
+            poll.clock = self.clock
+            poll.start(self.poll_interval, now=False)
 
     def stop(self) -> defer.Deferred[None]:
-        """Stop delivering (in-flight POSTs are abandoned and resent after a restart), save."""
+        """Stop delivering (in-flight POSTs are abandoned and resent after a restart), save;
+        across nodes, then release the leases, so another node takes the hooks over at once."""
         was_running, self.running = self.running, False
+        if self._poll is not None and self._poll.running:
+            self._poll.stop()
         for delivery in self._deliveries.values():
             delivery.stop()
         self._deliveries.clear()
         # Never save a state that was not loaded: it would wipe the stored hooks.
         d = self.store.save(self._state()) if was_running else defer.succeed(None)
+        leases = self.leases
+        if leases is not None:
+            d.addCallback(lambda _: leases.stop(release=True))
         d.addCallback(lambda _: self.store.close())
         pool = self._pool
         if pool is not None:
             d.addCallback(lambda _: pool.closeCachedConnections())
         return d
 
+    def halt(self) -> None:
+        """Stop at once as a killed process would: no save, no lease released (its leases
+        expire and other nodes take its hooks over).  For takeover drills and tests."""
+        self.running = False
+        if self._poll is not None and self._poll.running:
+            self._poll.stop()
+        for delivery in self._deliveries.values():
+            delivery.stop()
+        self._deliveries.clear()
+        if self.leases is not None:
+            self.leases.stop(release=False)
+
     def _start(self, hook: Hook) -> None:
+        """Start delivering ``hook`` (across nodes: only while this node holds its lease; the
+        lease loop starts it otherwise, once acquired)."""
+        leases = self.leases
+        if leases is not None and not leases.holds(hook.id):
+            if self.running:
+                # Try to acquire it once its registration is written, not at the next round.
+                self.save().addCallback(lambda _: leases.tick() if self.running else None)
+            return
+        old = self._deliveries.pop(hook.id, None)
+        if old is not None:
+            old.stop()
         delivery = self._deliveries[hook.id] = Delivery(self, hook)
         delivery.start()
 
     def _state(self) -> dict[str, dict[str, Any]]:
         return {h.id: asdict(h) for h in self.hooks.values()}
 
-    def save(self) -> None:
-        """Persist every hook's state (a delivery calls this once its cursor moved)."""
+    def save(self) -> defer.Deferred[None]:
+        """Persist every hook's state (a delivery calls this once its cursor moved); fires
+        once it is stored (across nodes a delivery waits for that before its next batch)."""
         if self.loaded:
-            self.store.save(self._state())
+            return self.store.save(self._state())
+        return defer.succeed(None)
+
+    # Across nodes: leases and what other nodes changed
+
+    def _wanted(self) -> list[str]:
+        """The hooks this node would deliver if it held their leases: the active ones already
+        in the store (a hook just added is wanted once its registration is written)."""
+        stored = self.shared.stored_ids() if self.shared is not None else set()
+        return [h.id for h in self.hooks.values() if h.active and h.id in stored]
+
+    def _acquired(self, hid: str, token: str) -> None:
+        """This node took ``hid``'s lease: read the state the previous holder persisted (its
+        cursor), then start delivering from there."""
+        assert self.shared is not None and self.leases is not None
+        leases = self.leases
+
+        def resume(record: dict[str, Any] | None) -> None:
+            hook = self.hooks.get(hid)
+            if leases.token(hid) != token or not self.running:
+                return  # lost again, or stopping, while reading
+            if record is None or hook is None:
+                self.hooks.pop(hid, None)
+                leases.release(hid)
+                return
+            _apply(hook, record, DELIVERY_FIELDS)
+            _apply(hook, record, _REGISTRATION_FIELDS)
+            if hook.active:
+                self._start(hook)
+            else:
+                leases.release(hid)
+
+        def failed(f: Any) -> None:
+            self.log.failure("webhook {id}: cannot read its state", f, id=hid)
+            leases.forget(hid)
+
+        self.shared.reload(hid).addCallbacks(resume, failed)
+
+    def _lost(self, hid: str) -> None:
+        """This node no longer holds ``hid``'s lease: stop delivering it at once (the batch in
+        flight is abandoned; the next holder sends it again from the persisted cursor)."""
+        delivery = self._deliveries.pop(hid, None)
+        if delivery is not None:
+            delivery.stop()
+
+    def _refused(self, hid: str, why: str) -> None:
+        """A fenced write of ``hid``'s delivery state was refused: another node holds the
+        lease (stop), the hook was removed (drop it), or a redelivery was asked through
+        another node (read the moved cursor and start again from it)."""
+        assert self.leases is not None
+        if why == MOVED and self.leases.holds(hid):
+            token = self.leases.token(hid)
+            self._lost(hid)
+            if token is not None:
+                self._acquired(hid, token)
+            return
+        if why == REMOVED:
+            self._lost(hid)
+            self.hooks.pop(hid, None)
+            self.leases.release(hid)
+            return
+        self.leases.forget(hid)  # reports the loss: _lost stops the delivery
+
+    def _refresh(self) -> defer.Deferred[None]:
+        """Read the store and follow what other nodes changed (never fails: the poll goes on)."""
+        assert self.shared is not None
+        d: defer.Deferred[Any] = self.shared.refresh()
+        d.addCallback(self._follow)
+        d.addErrback(lambda f: self.log.warn("cannot read webhook state from Redis: {e}", e=f.getErrorMessage()))
+        return d
+
+    def _follow(self, records: dict[str, dict[str, Any]] | None) -> None:
+        """Make this node's hooks what the store holds: every hook in it (or the next save
+        would delete those unknown here), registration fields always, delivery state where
+        another node delivers."""
+        if records is None or not self.running:
+            return
+        assert self.leases is not None
+        for hid, record in records.items():
+            hook = self.hooks.get(hid)
+            if hook is None:
+                try:
+                    self.hooks[hid] = Hook(**record)
+                except TypeError as exc:
+                    self.log.warn("webhook state for {id} is unreadable: {e}", id=hid, e=str(exc))
+                continue
+            was_active = hook.active
+            _apply(hook, record, _REGISTRATION_FIELDS)
+            if not self.leases.holds(hid):
+                _apply(hook, record, DELIVERY_FIELDS)
+            elif int(record.get("redeliveries", 0)) > hook.redeliveries:
+                self._refused(hid, MOVED)  # a redelivery asked through another node
+            if was_active and not hook.active:
+                self._lost(hid)
+                self.leases.release(hid)
+        for hid in [h for h in self.hooks if h not in records]:
+            self._lost(hid)
+            del self.hooks[hid]
+            self._logs.pop(hid, None)
+            self.leases.release(hid)
 
     def _disable(self, hook: Hook, reason: str) -> None:
         self.log.warn("webhook {id} disabled: {reason}", id=hook.id, reason=reason)
@@ -157,7 +319,10 @@ class WebhookDispatcher:
         delivery = self._deliveries.pop(hook.id, None)
         if delivery is not None:
             delivery.stop()
-        self.save()
+        d = self.save()
+        leases = self.leases
+        if leases is not None:
+            d.addCallback(lambda _: leases.release(hook.id))
 
     # HTTP
 
@@ -225,6 +390,8 @@ class WebhookDispatcher:
             delivery.stop()
         del self.hooks[hid]
         self._logs.pop(hid, None)
+        if self.leases is not None:
+            self.leases.release(hid)
         self.save()
 
     def change(
@@ -279,6 +446,9 @@ class WebhookDispatcher:
                                   "redelivery moves back, it never skips events")
         hook.cursor = since if since == EARLIEST else str(parse_since(since))
         hook.redeliveries += 1
+        if self.shared is not None:
+            # Written without the lease: the holder, wherever it is, sees redeliveries grow.
+            self.shared.move(hid, {"cursor": hook.cursor, "redeliveries": hook.redeliveries})
         delivery = self._deliveries.pop(hid, None)
         if delivery is not None:
             delivery.stop()
@@ -301,6 +471,8 @@ class WebhookDispatcher:
             hook.active = True
             hook.failures = 0
             hook.disabled_reason = None
+            if self.shared is not None:
+                self.shared.move(hid, {"failures": 0})
             if self.running:
                 self._start(hook)
             self.save()
@@ -327,8 +499,29 @@ class WebhookDispatcher:
         return out
 
 
-def make_dispatcher(hub: Hub, config: WebhookConfig, db: str, clock: Any) -> WebhookDispatcher:
-    """The dispatcher a server runs: state in ``config.state_path`` or next to the journal."""
+#: The fields of a hook's registration: what any node's API may change.
+_REGISTRATION_FIELDS = tuple(f for f in Hook.__dataclass_fields__ if f not in DELIVERY_FIELDS)
+
+
+def _apply(hook: Hook, record: dict[str, Any], names: tuple[str, ...]) -> None:
+    """Set ``hook``'s attributes ``names`` from a stored ``record`` (those it has)."""
+    for name in names:
+        if name in record:
+            setattr(hook, name, record[name])
+
+
+def make_dispatcher(hub: Hub, config: WebhookConfig, db: str, clock: Any, redis_url: str | None = None,
+                    lease_ttl: float = 10.0, poll_interval: float = 2.0) -> WebhookDispatcher:
+    """The dispatcher a server runs: state in ``config.state_path`` or next to the journal;
+    with ``redis_url``, in that Redis, shared with the other nodes, each hook delivered by the
+    node holding its lease (``lease_ttl`` seconds: how long a dead node's hooks wait)."""
+    if redis_url is not None:
+        from firehose.webhooks.redis_io import ThreadRunner, connect
+
+        client = connect(redis_url, timeout=lease_ttl / 3)
+        leases = LeaseManager(client, clock, ThreadRunner(clock, "firehose-webhook-leases"), ttl=lease_ttl)
+        shared = RedisHookStore(client, ThreadRunner(clock, "firehose-webhook-state"))
+        return WebhookDispatcher(hub, config, shared, clock, leases=leases, poll_interval=poll_interval)
     path = config.state_path or (None if db == ":memory:" else db + ".webhooks.json")
     store: HookStore = JSONFileHookStore(path, clock) if path else MemoryHookStore()
     return WebhookDispatcher(hub, config, store, clock)
