@@ -127,15 +127,18 @@ class LeaseManager:
         leases it could not renew and is logged."""
         if self._ticking is not None:
             return self._ticking  # a round is still out (a slow Redis): do not stack them
+        finished: list[bool] = []
+
+        def done(_: Any) -> None:
+            finished.append(True)
+            self._ticking = None
+
         d = self._renew_all()
         d.addCallback(lambda _: self._acquire_wanted())
         d.addErrback(lambda f: self.log.failure("webhook lease round failed", f))
-
-        def done(_: Any) -> None:
-            self._ticking = None
-
         d.addBoth(done)
-        self._ticking = d
+        if not finished:  # still out (the calls run in a thread)
+            self._ticking = d
         return d
 
     def _renew_all(self) -> defer.Deferred[None]:
