@@ -78,7 +78,8 @@ class FirehoseServer:
             raise
         self.ingest_stats = IngestStats()
         try:
-            self.webhooks = make_dispatcher(self.hub, config.webhooks, config.db, self.reactor)
+            self.webhooks = make_dispatcher(self.hub, config.webhooks, config.db, self.reactor,
+                                            redis_url=config.redis)
             site = self.site = build_site(
                 hub=self.hub,
                 journal=journal,
