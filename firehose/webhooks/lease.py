@@ -242,7 +242,8 @@ class LeaseManager:
 
     def stop(self, release: bool = True) -> defer.Deferred[None]:
         """Stop ticking and (``release``) give up every lease so another node takes over at once;
-        ``release=False`` leaves the keys to expire, as a killed node would."""
+        ``release=False`` leaves the keys to expire, as a killed node would.  Then stop the
+        runner: a manager is not started again."""
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self._loop = None
@@ -254,6 +255,9 @@ class LeaseManager:
                 return None
             return defer.gatherResults([self.release(hid) for hid in list(self.held)])
 
+        def done(_: Any) -> None:
+            self.runner.stop()  # its thread would keep the process alive
+
         pending.addCallback(give_up)
-        pending.addCallback(lambda _: None)
+        pending.addBoth(done)
         return pending
