@@ -26,7 +26,9 @@ hook's cursor back for a receiver that lost data.
 
 Hooks come from ``POST /api/webhooks`` (``Authorization: Bearer <admin token>``) or from the
 ``[webhooks]`` table of the server's config file.  Their state (cursor, failures) lives in a
-small JSON file next to the journal, written atomically in a thread, never on the reactor.
+small JSON file next to the journal, written atomically in a thread, never on the reactor; with
+``--redis``, in Redis instead (``redis_store``), and each hook is delivered by the one node that
+holds its lease (``lease``), so another node takes it over when that node dies.
 
 The package, one job per module:
 
