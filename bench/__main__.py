@@ -6,6 +6,7 @@ print the table of targets against measured values.
     .venv/bin/python -m bench --only ws_fanout,ingest --repeat 5
     .venv/bin/python -m bench buildbot        # plugin overhead, end to end, Buildbot's own /ws
     .venv/bin/python -m bench profile         # py-spy flame graphs of the hot paths
+    .venv/bin/python -m bench redis           # several nodes on one Redis stream vs SQLite
 
 Each figure is the median of ``--repeat`` runs (default 3) with min and max.
 """
@@ -109,7 +110,7 @@ def run_suite(p: sc.Params, repeat: int, only: set[str] | None, name: str, curve
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", nargs="?", default="suite", choices=["suite", "buildbot", "profile", "table", "plots"])
+    ap.add_argument("command", nargs="?", default="suite", choices=["suite", "buildbot", "profile", "table", "plots", "redis"])
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, one run each: seconds")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--curve-repeat", type=int, default=1, help="runs per point of the latency/load curve")
@@ -128,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench import buildbot_bench
 
         return buildbot_bench.main(args.repeat, args.name or "buildbot", smoke=args.smoke)
+    if args.command == "redis":
+        from bench import redis_bench
+
+        return redis_bench.main(args.repeat, args.name or "redis", smoke=args.smoke, only=only)
     if args.command == "profile":
         from bench import profile
 
