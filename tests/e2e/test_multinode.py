@@ -550,6 +550,17 @@ def test_nodes_share_epoch_and_head(cluster: Cluster) -> None:
     for n in nodes:
         wait_for(lambda n=n: n.health()["cursor"] == answer["cursor"], f"node {n.port} at the head")
         assert n.health()["status"] == "ok"
+    assert nodes[0].stop() == 0, nodes[0].log()[-3000:]
+
+
+def test_sigterm_stops_a_node_cleanly_even_with_redis_gone(cluster: Cluster) -> None:
+    """SIGTERM makes a node exit 0 promptly while Redis runs, and also after Redis itself was
+    stopped first (``./dev run --redis`` and service managers stop things in any order)."""
+    nodes = cluster.nodes
+    assert nodes[0].stop() == 0, nodes[0].log()[-3000:]
+    cluster.redis.stop()
+    for n in nodes[1:]:
+        assert n.stop() == 0, n.log()[-3000:]
 
 
 # --------------------------------------------------------------------------------------------
