@@ -233,6 +233,8 @@ class RedisJournal:
         #: The stream's head as last learnt (the counter): lag = this - head.
         self._stream_head = head
         self._connected = True
+        #: The last write failed for an unreachable Redis (not for what Redis answered).
+        self._write_lost_link = False
         self._last_error: str | None = None
         #: Set when the stream this node follows was replaced (another epoch): fatal until restart.
         self._replaced: str | None = None
@@ -348,6 +350,7 @@ class RedisJournal:
             why = outcome.getErrorMessage() or repr(outcome.value)
             if outcome.check(*_CONNECTION_ERRORS):
                 self._link_down(why)
+                self._write_lost_link = True
             else:
                 self.log.failure("Redis journal write failed; batch not acknowledged", outcome)
             self._last_error = why
@@ -369,6 +372,7 @@ class RedisJournal:
                 bd.errback(error)
             return
         self.write_health.succeeded()
+        self._write_lost_link = False
         short = acked is not None and acked < self.wait_replicas
         if short:
             why = f"WAIT: {acked} of {self.wait_replicas} replicas acknowledged within {self.wait_timeout_ms} ms"
@@ -580,6 +584,12 @@ class RedisJournal:
         if not self._connected:
             self.log.info("Redis journal: the link to {url} is back", url=_redact(self.url))
         self._connected = True
+        if self._write_lost_link:
+            # The last write failed only because Redis was unreachable: Redis answering again is
+            # the proof that writes can reach it, so the node is healthy again without waiting
+            # for an ingest (which a load balancer checking /health would never send it).
+            self._write_lost_link = False
+            self.write_health.succeeded()
 
     def _link_down(self, why: str) -> None:
         """The reader (or the writer) lost Redis: appends waiting for delivery are answered

@@ -463,10 +463,6 @@ def test_redis_sigkill_and_aof_restart_lose_no_acknowledged_event(cluster: Clust
             p.abandon()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "firehose/redis_journal.py: a node whose write failed while Redis was down stays degraded "
-    "(/health 503) after the link is back until an ingest through it succeeds; behind a load "
-    "balancer that checks /health no ingest ever reaches it again"))
 def test_a_node_is_healthy_again_when_redis_returns_without_any_ingest(tmp_path: Path) -> None:
     """A node's ingest fails while Redis is down (503, ``/health`` 503 degraded); once Redis is
     back on its AOF, ``/health`` turns 200 ok by itself, with no ingest through the node, so a
