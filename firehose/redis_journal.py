@@ -614,6 +614,11 @@ class RedisJournal:
         self._last_error = self._replaced
         self.write_health.failed(self._replaced, self._clock.seconds())
 
+    @property
+    def where(self) -> str:
+        """The stream, for the start-up log line (password left out)."""
+        return f"Redis {_redact(self.url)}"
+
     def link(self) -> dict[str, Any]:
         """The Redis link for ``/health`` and ``/metrics``: connected, this node's lag behind
         the stream head (events), the last error."""

@@ -116,7 +116,7 @@ class FirehoseServer:
         self.log.info(
             "firehose listening on {url} (journal {db}, epoch {epoch}, {n} events, masters: {masters})",
             url=self.url,
-            db=config.db,
+            db=getattr(journal, "where", config.db),
             epoch=journal.epoch,
             n=journal.head - journal.earliest + 1,
             masters=", ".join(sorted(config.tokens)) or "none configured",
