@@ -118,63 +118,16 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
 
 
 @pytest.fixture
-def subscribers() -> Iterator[list[Any]]:
-    """WS/SSE clients to close at the end, whatever happened."""
-    made: list[Any] = []
-    yield made
-    for c in made:
-        try:
-            c.close()
-        except Exception:
-            pass
+def subscribers(clients: list[Any]) -> list[Any]:
+    """WS/SSE clients to close at the end, whatever happened (conftest's ``clients``)."""
+    return clients
 
 
-class FailoverPublisher(Publisher):
-    """:class:`tests.faults.conftest.Publisher` (plugin-like: same batch resent until a 200,
-    growing backoff, a new incarnation half way) that moves to the next of its node URLs after
-    any failure, as the plugin does with several URLs: a batch resent to another node must be
-    stored once."""
-
-    def __init__(self, urls: list[str], master: str, token: str, rng: random.Random) -> None:
-        super().__init__(urls[0], master, token, rng)
-        self.urls = urls
-        self.at = 0
-        self.failovers = 0
-
-    def _deliver(self, body: bytes) -> bool:
-        delay = 0.02
-        end = time.monotonic() + FAULT_DEADLINE
-        for attempt in range(100_000):
-            if self._abandon.is_set() or time.monotonic() > end:
-                return False
-            if attempt:
-                self.retries += 1
-                self._abandon.wait(self.rng.uniform(delay / 2, delay))  # the plugin's backoff
-                delay = min(0.5, delay * 2)
-            url = self.urls[self.at % len(self.urls)]
-            try:
-                answer = post(url, body, self.token, timeout=5.0)
-            except OSError as exc:
-                self.errors[type(exc).__name__] += 1
-                self.at += 1
-                self.failovers += 1
-                continue
-            self.statuses[answer.status] += 1
-            if answer.status == 200:
-                self.duplicates += answer.json()["duplicates"]
-                return True
-            if answer.status not in (502, 503, 504):
-                self.unexpected.append(f"{answer.status} {answer.body[:300]!r}")
-            self.at += 1
-            self.failovers += 1
-        return False
-
-
-def acked(publishers: list[FailoverPublisher]) -> int:
+def acked(publishers: list[Publisher]) -> int:
     return sum(len(p.acked) for p in publishers)
 
 
-def finish(publishers: list[FailoverPublisher]) -> None:
+def finish(publishers: list[Publisher]) -> None:
     """Let every publisher deliver its batch in flight and stop; fail if one cannot."""
     for p in publishers:
         p.finish()
@@ -184,7 +137,7 @@ def finish(publishers: list[FailoverPublisher]) -> None:
     assert not stuck, f"publishers could not deliver their last batch: {stuck}"
 
 
-def check_tally(publishers: list[FailoverPublisher], events: list[dict[str, Any]]) -> str:
+def check_tally(publishers: list[Publisher], events: list[dict[str, Any]]) -> str:
     """Every acknowledged event stored once, nothing unacknowledged, per-master order kept."""
     result = tally([k for p in publishers for k in p.acked], events)
     unexpected = [u for p in publishers for u in p.unexpected]
@@ -312,9 +265,9 @@ def test_kill9_of_the_subscribers_node_then_resume_on_another_node(cluster: Clus
     rng = random.Random(seed())
     urls = [n.url for n in cluster.nodes]
     publishers = [
-        FailoverPublisher(urls, "km0", TOKENS["km0"], random.Random(rng.random())),
-        FailoverPublisher([n1.url, n2.url], "km1", TOKENS["km1"], random.Random(rng.random())),
-        FailoverPublisher([n2.url, n1.url], "km2", TOKENS["km2"], random.Random(rng.random())),
+        Publisher(urls, "km0", TOKENS["km0"], random.Random(rng.random())),
+        Publisher([n1.url, n2.url], "km1", TOKENS["km1"], random.Random(rng.random())),
+        Publisher([n2.url, n1.url], "km2", TOKENS["km2"], random.Random(rng.random())),
     ]
     try:
         ws = ws_client(n0, subscribers)
@@ -421,7 +374,7 @@ def test_redis_sigkill_and_aof_restart_lose_no_acknowledged_event(cluster: Clust
     rng = random.Random(seed())
     urls = [n.url for n in nodes]
     publishers = [
-        FailoverPublisher(urls[i:] + urls[:i], f"km{i}", TOKENS[f"km{i}"], random.Random(rng.random()))
+        Publisher(urls[i:] + urls[:i], f"km{i}", TOKENS[f"km{i}"], random.Random(rng.random()))
         for i in range(3)
     ]
     probe = Master("m2", "probe")

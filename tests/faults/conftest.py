@@ -103,15 +103,20 @@ class Publisher(threading.Thread):
     ``seq`` increasing from 1, batches of 1..20 events, each batch sent again (the same bytes)
     after any error, timeout or refused connection, with a small growing backoff, until a 200.
     A batch counts as acknowledged only on a 200.  Half way it restarts as a new incarnation
-    (as a restarted master does).
+    (as a restarted master does).  Given several URLs (nodes of one firehose), it moves to the
+    next one after any failure, as the plugin does: a batch resent to another node must be
+    stored once.
 
     :meth:`finish` asks it to stop *starting* batches: the batch in flight is still delivered,
     so at the end every batch it ever sent has been acknowledged.
     """
 
-    def __init__(self, url: str, master: str, token: str, rng: random.Random, max_batches: int = 100_000) -> None:
+    def __init__(self, url: str | list[str], master: str, token: str, rng: random.Random,
+                 max_batches: int = 100_000) -> None:
         super().__init__(name=f"publisher-{master}", daemon=True)
-        self.url = url
+        self.urls = [url] if isinstance(url, str) else list(url)
+        self.at = 0
+        self.failovers = 0
         self.master = master
         self.token = token
         self.rng = rng
@@ -164,9 +169,10 @@ class Publisher(threading.Thread):
                 self._abandon.wait(self.rng.uniform(delay / 2, delay))
                 delay = min(0.5, delay * 2)
             try:
-                answer = post(self.url, body, self.token, timeout=5.0)
+                answer = post(self.urls[self.at % len(self.urls)], body, self.token, timeout=5.0)
             except OSError as exc:
                 self.errors[type(exc).__name__] += 1
+                self._next_node()
                 continue
             self.statuses[answer.status] += 1
             if answer.status == 200:
@@ -174,7 +180,13 @@ class Publisher(threading.Thread):
                 return True
             if answer.status not in (502, 503, 504):
                 self.unexpected.append(f"{answer.status} {answer.body[:300]!r}")
+            self._next_node()
         return False
+
+    def _next_node(self) -> None:
+        if len(self.urls) > 1:
+            self.at += 1
+            self.failovers += 1
 
 
 # --------------------------------------------------------------------------------------------
