@@ -37,7 +37,7 @@ from firehose.event import Event
 Listener = Callable[[list[Event]], None]
 
 
-class _Clock(Protocol):
+class TimeSource(Protocol):
     """What a journal needs of a clock (an ``IReactorTime`` has it): the time, in seconds."""
 
     def seconds(self) -> float: ...
@@ -216,7 +216,7 @@ class _JournalBase:
     log = Logger()
 
     def __init__(
-        self, epoch: str, head: int, earliest: int, seqs: dict[tuple[str, str], int], clock: _Clock
+        self, epoch: str, head: int, earliest: int, seqs: dict[tuple[str, str], int], clock: TimeSource
     ) -> None:
         self._seq = _Sequencer(epoch, head, seqs)
         #: When events are received (age retention) and when writes started failing.
@@ -374,7 +374,7 @@ class MemoryJournal(_JournalBase):
     def __init__(
         self, epoch: str | None = None, retention: Retention | None = None, clock: IReactorTime | None = None
     ) -> None:
-        super().__init__(epoch or _new_epoch(), 0, 1, {}, clock if clock is not None else _WallClock())
+        super().__init__(epoch or new_epoch(), 0, 1, {}, clock if clock is not None else WallClock())
         self._events: list[Event] = []
         self._received: list[float] = []  # arrival time of each event, for age retention
         self._retention = retention or Retention(max_age=None, max_events=None)
@@ -456,8 +456,8 @@ class SQLiteJournal(_JournalBase):
             reactor = _reactor
         self._reactor = reactor
         # A reactor that only runs threads' results (a test's) tells no time: the wall clock does.
-        time_of: _Clock = (
-            clock if clock is not None else reactor if IReactorTime.providedBy(reactor) else _WallClock()
+        time_of: TimeSource = (
+            clock if clock is not None else reactor if IReactorTime.providedBy(reactor) else WallClock()
         )
         self.path = path
         self._retention = retention or Retention()
@@ -507,7 +507,7 @@ class SQLiteJournal(_JournalBase):
         row = self._writer_db.execute("SELECT value FROM meta WHERE key='epoch'").fetchone()
         if row:
             return str(row[0]), False
-        epoch = _new_epoch()
+        epoch = new_epoch()
         self._writer_db.execute("INSERT INTO meta VALUES ('epoch', ?)", (epoch,))
         return epoch, True
 
@@ -579,18 +579,7 @@ class SQLiteJournal(_JournalBase):
         ]
 
     def trim(self) -> defer.Deferred[int]:
-        max_age = self._retention.max_age
-        cutoff = self._clock.seconds() - max_age if max_age is not None else None
-        d = deferToThreadPool(self._reactor, self._writer, self._trim_sync, self.head, cutoff)
-
-        def trimmed(result: tuple[int, int]) -> int:
-            removed, earliest = result
-            self.earliest = max(self.earliest, earliest)
-            if removed:
-                self.log.info("retention removed {n} events; earliest offset now {e}", n=removed, e=self.earliest)
-            return removed
-
-        return d.addCallback(trimmed)
+        return trim_in_thread(self, self._writer)
 
     def _trim_sync(self, head: int, cutoff: float | None) -> tuple[int, int]:
         """Delete events received before ``cutoff`` and past ``max_events``."""
@@ -624,7 +613,7 @@ class SQLiteJournal(_JournalBase):
         self._reader_db.close()
 
 
-class _WallClock:
+class WallClock:
     """``seconds()`` from :func:`time.time`: the default clock of a journal used without a
     reactor (a :class:`MemoryJournal` in a user's test)."""
 
@@ -632,5 +621,24 @@ class _WallClock:
         return _time.time()
 
 
-def _new_epoch() -> str:
+def trim_in_thread(journal: Any, pool: ThreadPool) -> defer.Deferred[int]:
+    """Apply ``journal``'s retention on ``pool``: ``journal._trim_sync(head, cutoff)`` removes
+    what is past ``max_events`` or received before ``cutoff`` and returns ``(removed, the oldest
+    offset kept)``; here, on the reactor thread, ``earliest`` moves up and the removal is logged.
+    One copy for every journal that trims in a thread (SQLite, Redis)."""
+    max_age = journal._retention.max_age
+    cutoff = journal._clock.seconds() - max_age if max_age is not None else None
+    d = deferToThreadPool(journal._reactor, pool, journal._trim_sync, journal.head, cutoff)
+
+    def trimmed(result: tuple[int, int]) -> int:
+        removed, earliest = result
+        journal.earliest = max(journal.earliest, earliest)
+        if removed:
+            journal.log.info("retention removed {n} events; earliest offset now {e}", n=removed, e=journal.earliest)
+        return int(removed)
+
+    return d.addCallback(trimmed)
+
+
+def new_epoch() -> str:
     return secrets.token_hex(4)

@@ -61,11 +61,12 @@ from firehose.journal import (
     IJournal,
     JournalError,
     Listener,
+    TimeSource,
     UnstorableBatch,
+    WallClock,
     WriteHealth,
-    _Clock,
-    _new_epoch,
-    _WallClock,
+    new_epoch,
+    trim_in_thread,
 )
 
 #: Events per ``XREAD`` of the reader loop and per page of an age trim.
@@ -189,8 +190,8 @@ class RedisJournal:
 
             reactor = _reactor
         self._reactor = reactor
-        self._clock: _Clock = (
-            clock if clock is not None else reactor if IReactorTime.providedBy(reactor) else _WallClock()
+        self._clock: TimeSource = (
+            clock if clock is not None else reactor if IReactorTime.providedBy(reactor) else WallClock()
         )
         self.url = url
         self._retention = retention or Retention()
@@ -258,7 +259,7 @@ class RedisJournal:
     def _open_sync(self) -> tuple[str, bool, int]:
         """The shared epoch and head; a new epoch if there is none or its counter is gone
         (``FLUSHALL``, a replaced or restored-empty Redis): old cursors then get an epoch gap."""
-        epoch, created, head = self._redis.eval(_OPEN, len(self._keys), *self._keys, _new_epoch())
+        epoch, created, head = self._redis.eval(_OPEN, len(self._keys), *self._keys, new_epoch())
         return epoch.decode(), bool(created), int(head)
 
     def _first_offset_sync(self, head: int) -> int:
@@ -424,18 +425,7 @@ class RedisJournal:
         ]
 
     def trim(self) -> defer.Deferred[int]:
-        max_age = self._retention.max_age
-        cutoff = self._clock.seconds() - max_age if max_age is not None else None
-        d = deferToThreadPool(self._reactor, self._readers, self._trim_sync, self.head, cutoff)
-
-        def trimmed(result: tuple[int, int]) -> int:
-            removed, earliest = result
-            self.earliest = max(self.earliest, earliest)
-            if removed:
-                self.log.info("retention removed {n} events; earliest offset now {e}", n=removed, e=self.earliest)
-            return removed
-
-        return d.addCallback(trimmed)
+        return trim_in_thread(self, self._readers)
 
     def _trim_sync(self, head: int, cutoff: float | None) -> tuple[int, int]:
         """``XTRIM MINID`` past ``max_events``, then up to the first entry received at or after
