@@ -217,7 +217,9 @@ def test_public_and_named_receivers_are_accepted(url: str, netloc: str) -> None:
 
 def test_allow_networks_option() -> None:
     """``allow_networks`` takes CIDR networks (a bad one is an error naming it), from the TOML
-    table; the dispatcher refuses a config-file hook outside them when it loads."""
+    table; the dispatcher refuses a config-file hook outside them when it loads, and takes one
+    inside them.  Nothing is delivered: the dispatchers are never started, and their memory
+    reactor records that no connection was even attempted."""
     cfg = apply_config_table({"allow_networks": ["127.0.0.0/8", "::1"]}, WebhookConfig())
     assert cfg.allow_networks == ["127.0.0.0/8", "::1"]
     for bad in (["10.0.0.0/33"], "127.0.0.0/8", ["nope"]):
@@ -228,29 +230,38 @@ def test_allow_networks_option() -> None:
     refused = WebhookDispatcher(hub, WebhookConfig(hooks=dict(hooks)), MemoryHookStore(), MemoryReactorClock())
     with pytest.raises(WebhookError, match=r"\[webhooks.hooks.inside\]: address 10.1.2.3 is not allowed \(private\)"):
         refused.load()
+    reactor = MemoryReactorClock()
     allowed = WebhookDispatcher(hub, WebhookConfig(hooks=dict(hooks), allow_networks=["10.1.0.0/16"]),
-                                MemoryHookStore(), MemoryReactorClock())
+                                MemoryHookStore(), reactor)
     allowed.load()
     assert "inside" in allowed.hooks
+    assert reactor.tcpClients == [] and reactor.getDelayedCalls() == []
 
 
 def test_api_refuses_internal_receivers_with_400() -> None:
     """``POST /api/webhooks`` with a loopback, private or cloud-metadata URL answers 400
-    ``bad_webhook`` naming the address; with its network allowed it registers."""
+    ``bad_webhook`` naming the address and registers nothing; with its network allowed (the
+    loopback range here: no hook to an address off this machine is ever registered) it
+    registers."""
     hub = Hub(MemoryJournal(epoch="e1"))
     clock = MemoryReactorClock()
-    for allow, expected in (([], 400), (["0.0.0.0/0"], 201)):
+    cases = (
+        ([], 400, ("http://169.254.169.254/latest/meta-data/", "http://10.0.0.1:8080/", "http://2130706433/")),
+        (["127.0.0.0/8"], 201, ("http://127.0.0.2:8080/", "http://2130706433/", "http://0x7f.1:9/")),
+    )
+    for allow, expected, urls in cases:
         dispatcher = WebhookDispatcher(hub, WebhookConfig(allow_networks=allow), MemoryHookStore(), clock,
                                        agent=RequestTraversalAgent(Resource()))
         site = webhook_site(dispatcher, "adm")
         api = StubTreq(site)
-        for url in ("http://169.254.169.254/latest/meta-data/", "http://10.0.0.1:8080/", "http://2130706433/"):
+        for url in urls:
             resp = api.post("http://x/api/webhooks", json={"url": url}, headers={"Authorization": "Bearer adm"}).result
             assert resp.code == expected, url
             if expected == 400:
                 body = json.loads(api.content(resp).result)
                 assert body["error"] == "bad_webhook" and "is not allowed" in body["message"]
         assert len(dispatcher.hooks) == (0 if expected == 400 else 3)
+    assert clock.tcpClients == []
 
 
 class FakeResolver:
