@@ -3,8 +3,9 @@
 The checks run cheapest and most telling first: token, size, JSON, schema and limits (depth,
 integer ranges, seq order: :func:`firehose.schema.validate_batch`), then whether every event
 belongs to the master the token is for.  A rejected batch changes nothing: it never reaches the
-journal, and everything the journal could choke on is checked before it gets there.  A 200 means the journal holds every event of the batch (or already held it: a
-retried batch is answered the same way, its events counted as duplicates).
+journal, and everything the journal could choke on is checked before it gets there.  A 200
+means the journal holds every event of the batch (or already held it: a retried batch is
+answered the same way, its events counted as duplicates).
 """
 
 from __future__ import annotations
