@@ -29,20 +29,19 @@ from firehose.transports.frames import FrameCache, per_format
 RESERVED = ("since", "format")
 
 
+def _message(event: Event, data: bytes) -> bytes:
+    """One SSE message of ``event`` carrying ``data``: ``id:`` the cursor, ``event:`` the type."""
+    return b"id: " + event.cursor.encode() + b"\nevent: " + event.type.encode() + b"\ndata: " + data + b"\n\n"
+
+
 def sse_frame(event: Event) -> bytes:
     """The event as one SSE message (made once per event by the resource's :class:`FrameCache`)."""
-    return (
-        b"id: " + event.cursor.encode() + b"\nevent: " + event.type.encode()
-        + b"\ndata: " + event.encoded + b"\n\n"
-    )
+    return _message(event, event.encoded)
 
 
 def sse_cloudevent_frame(event: Event) -> bytes:
     """The event as one SSE message whose data is a structured CloudEvent."""
-    return (
-        b"id: " + event.cursor.encode() + b"\nevent: " + event.type.encode()
-        + b"\ndata: " + cloudevents.encode(event) + b"\n\n"
-    )
+    return _message(event, cloudevents.encode(event))
 
 
 class _SSESink:
@@ -85,7 +84,6 @@ class SSEResource(ReadResource):
         self._streams: dict[_SSESink, None] = {}
         #: Each event's SSE message in each format, made once for every stream of that format.
         self.formats = per_format({cloudevents.FIREHOSE: sse_frame, cloudevents.CLOUDEVENTS: sse_cloudevent_frame})
-        self.frames = self.formats[cloudevents.FIREHOSE]
         self._beat = LoopingCall(self._keepalive)
         self._beat.clock = clock
 

@@ -286,14 +286,18 @@ class FirehoseWebSocketFactory(WebSocketServerFactory):
 
     protocol = FirehoseWebSocket  # type: ignore[assignment]
 
+    def _text_frame(self, payload: bytes) -> bytes:
+        """``payload`` as a text frame (unmasked, as a server's are; never compressed), for the
+        factory's frame caches: built once per event, the same bytes then go to every socket."""
+        return self.prepareMessage(payload, isBinary=False, doNotCompress=True).payloadHybi
+
     def _frame(self, event: Event) -> bytes:
-        """One event as a text frame (unmasked, as a server's are; never compressed), for the
-        factory's frame cache: built once, the same bytes then go to every socket."""
-        return self.prepareMessage(event.encoded, isBinary=False, doNotCompress=True).payloadHybi
+        """One event as a text frame."""
+        return self._text_frame(event.encoded)
 
     def _cloudevent_frame(self, event: Event) -> bytes:
         """One event as a text frame holding a structured CloudEvent (``format=cloudevents``)."""
-        return self.prepareMessage(cloudevents.encode(event), isBinary=False, doNotCompress=True).payloadHybi
+        return self._text_frame(cloudevents.encode(event))
 
     def __init__(
         self,
@@ -310,7 +314,6 @@ class FirehoseWebSocketFactory(WebSocketServerFactory):
         self.command_burst = command_burst
         #: Each event's frame in each format, made once for every socket of this hub asking for it.
         self.formats = per_format({cloudevents.FIREHOSE: self._frame, cloudevents.CLOUDEVENTS: self._cloudevent_frame})
-        self.frames = self.formats[cloudevents.FIREHOSE]
         self.setProtocolOptions(
             maxFramePayloadSize=max_message,
             maxMessagePayloadSize=max_message,
