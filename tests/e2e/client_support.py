@@ -7,6 +7,8 @@
 * :class:`Receiver`: a webhook receiver on 127.0.0.1 that records deliveries and can be told
   to fail.
 * :class:`Lines`: the stdout of a subprocess, read line by line with bounded waits.
+* :func:`serve_http`: a ThreadingHTTPServer on 127.0.0.1 in a daemon thread.
+* :func:`start_listener_script`: run a Python script that listens on a port; wait until it does.
 
 Every wait is bounded by conftest's DEADLINE.
 """
@@ -17,12 +19,13 @@ import json
 import queue
 import socket
 import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from .conftest import DEADLINE, HOST, ServerProcess
+from .conftest import DEADLINE, HOST, ServerProcess, wait_for
 
 
 class TCPProxy:
@@ -139,10 +142,8 @@ class Receiver:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer((HOST, 0), Handler)
-        self.server.daemon_threads = True
+        self.server = serve_http(Handler)
         self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
     @property
     def url(self) -> str:
@@ -210,6 +211,39 @@ class Lines:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait(10)
+
+
+def serve_http(handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:
+    """A ThreadingHTTPServer on 127.0.0.1 (a free port) serving ``handler`` in a daemon thread;
+    the caller shuts it down (``shutdown()`` then ``server_close()``)."""
+    server = ThreadingHTTPServer((HOST, 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    return server
+
+
+def listening(port: int) -> bool:
+    """Whether something accepts TCP connections on 127.0.0.1:``port``."""
+    try:
+        socket.create_connection((HOST, port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def start_listener_script(script: str, port: int, env: dict[str, str]) -> Lines:
+    """Run the Python file ``script`` with ``env`` (stdout read by the returned :class:`Lines`,
+    stderr discarded) and wait, bounded, until it listens on ``port``.  The caller stops it with
+    ``Lines.stop()``; it is stopped here if it never listens."""
+    proc = subprocess.Popen([sys.executable, script], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True, env=env, stdin=subprocess.DEVNULL)
+    lines = Lines(proc)
+    try:
+        wait_for(lambda: listening(port), "the receiver to listen")
+    except BaseException:
+        lines.stop()
+        raise
+    return lines
 
 
 def api(url: str, method: str, path: str, body: Any = None, token: str | None = "admin-token") -> tuple[int, Any]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +12,8 @@ import pytest
 
 from firehose.testing import try_push
 
-from .client_support import Lines, api, ingest_events
-from .conftest import DEADLINE, HOST, free_port, wait_for
+from .client_support import api, ingest_events, start_listener_script
+from .conftest import DEADLINE, HOST, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -55,18 +54,8 @@ def test_receiver_is_ten_lines_and_verifies(start_server, tmp_path):
     port = free_port()
     secret = "receiver-secret-123"
     env = dict(os.environ, FIREHOSE_WEBHOOK_SECRET=secret, PORT=str(port))
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            text=True, env=env, stdin=subprocess.DEVNULL)
-    lines = Lines(proc)
+    lines = start_listener_script(str(script), port, env)
     try:
-        def listening() -> bool:
-            try:
-                socket.create_connection((HOST, port), timeout=1).close()
-                return True
-            except OSError:
-                return False
-
-        wait_for(listening, "the receiver to listen")
         config = tmp_path / "f.toml"
         config.write_text('[webhooks]\nadmin_token = "admin-token"\nallow_networks = ["127.0.0.0/8"]\n')
         server = start_server("--config", str(config))

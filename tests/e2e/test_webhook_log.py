@@ -9,14 +9,14 @@ import base64
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from .client_support import Receiver, api
+from .client_support import Receiver, api, serve_http, start_listener_script
 from .conftest import DEADLINE, HOST, Master, wait_for
 from .test_webhooks import config_file, register
 
@@ -62,9 +62,7 @@ class LibraryReceiver:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer((HOST, 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self.server = serve_http(Handler)
 
     @property
     def url(self) -> str:
@@ -196,38 +194,21 @@ def test_documented_standard_receiver_runs_as_written(start_server, tmp_path):
     """The Standard Webhooks receiver of docs/client.md, run as written with the hook's
     generated ``whsec_`` secret, prints the delivered events and answers 401 to a forgery."""
     import os
-    import re
-    import socket
-    import subprocess
-    import sys
     import urllib.error
     import urllib.request
 
-    from .client_support import Lines
     from .conftest import free_port
+    from .test_client_docs import snippet
 
-    doc = (Path(__file__).resolve().parents[2] / "docs" / "client.md").read_text()
-    match = re.search(r"<!-- snippet: standard-receiver -->\n```python\n(.*?)```", doc, re.S)
-    assert match, "the standard-receiver snippet is in docs/client.md"
     script = tmp_path / "receiver.py"
-    script.write_text(match.group(1))
+    script.write_text(snippet("standard-receiver"))
     server = start_server("--config", config_file(tmp_path, allow="[]"), *ALLOW)
     port = free_port()
     hook = register(server, f"http://{HOST}:{port}/", {"type": "build.started"})
     assert hook["secret"].startswith("whsec_")
     env = dict(os.environ, WEBHOOK_SECRET=hook["secret"], PORT=str(port))
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            text=True, env=env, stdin=subprocess.DEVNULL)
-    lines = Lines(proc)
+    lines = start_listener_script(str(script), port, env)
     try:
-        def listening() -> bool:
-            try:
-                socket.create_connection((HOST, port), timeout=1).close()
-                return True
-            except OSError:
-                return False
-
-        wait_for(listening, "the receiver to listen")
         server.ingest(Master().batch(2, builder="linux"))
         assert lines.take(2) == ["build.started linux None"] * 2
         forged = urllib.request.Request(f"http://{HOST}:{port}/", data=b'{"events": []}', headers={
