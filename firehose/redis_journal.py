@@ -212,7 +212,7 @@ class RedisJournal:
         try:
             epoch, created, head = self._open_sync()
             earliest = self._first_offset_sync(head)
-            latest, seqs = self._load_seqs_sync()
+            latest, _ = self._load_seqs_sync()
         except redis.RedisError as exc:
             self._writer_redis.close()
             self._redis.close()
@@ -223,7 +223,6 @@ class RedisJournal:
         self.head: int = head
         self.earliest: int = earliest
         self._latest = latest
-        self._seqs = seqs
         self.write_health = WriteHealth()
         self._listeners: list[Listener] = []
         self._pending: list[tuple[list[dict[str, Any]], list[bytes], defer.Deferred[AppendResult]]] = []
@@ -549,7 +548,6 @@ class RedisJournal:
             for (master, inc, seq), e in zip(seqs, events, strict=True):
                 if e.offset > self.head:
                     self._latest[master] = (inc, seq)
-                    self._seqs[(master, inc)] = seq
             self.head = fresh[-1].offset
             self._stream_head = max(self._stream_head, self.head, known or 0)
             if self.earliest > fresh[0].offset:
