@@ -160,12 +160,8 @@ class WebhookDispatcher:
     def stop(self) -> defer.Deferred[None]:
         """Stop delivering (in-flight POSTs are abandoned and resent after a restart), save;
         across nodes, then release the leases, so another node takes the hooks over at once."""
-        was_running, self.running = self.running, False
-        if self._poll is not None and self._poll.running:
-            self._poll.stop()
-        for delivery in self._deliveries.values():
-            delivery.stop()
-        self._deliveries.clear()
+        was_running = self.running
+        self._stop_delivering()
         # Never save a state that was not loaded: it would wipe the stored hooks.
         d = self.store.save(self._state()) if was_running else defer.succeed(None)
         leases = self.leases
@@ -180,14 +176,18 @@ class WebhookDispatcher:
     def halt(self) -> None:
         """Stop at once as a killed process would: no save, no lease released (its leases
         expire and other nodes take its hooks over).  For takeover drills and tests."""
+        self._stop_delivering()
+        if self.leases is not None:
+            self.leases.stop(release=False)
+
+    def _stop_delivering(self) -> None:
+        """What :meth:`stop` and :meth:`halt` share: not running, no poll, no delivery."""
         self.running = False
         if self._poll is not None and self._poll.running:
             self._poll.stop()
         for delivery in self._deliveries.values():
             delivery.stop()
         self._deliveries.clear()
-        if self.leases is not None:
-            self.leases.stop(release=False)
 
     def _start(self, hook: Hook) -> None:
         """Start delivering ``hook`` (across nodes: only while this node holds its lease; the
@@ -316,9 +316,7 @@ class WebhookDispatcher:
         self.log.warn("webhook {id} disabled: {reason}", id=hook.id, reason=reason)
         hook.active = False
         hook.disabled_reason = reason
-        delivery = self._deliveries.pop(hook.id, None)
-        if delivery is not None:
-            delivery.stop()
+        self._lost(hook.id)
         d = self.save()
         leases = self.leases
         if leases is not None:
