@@ -15,6 +15,7 @@ to the hook's :class:`~firehose.webhooks.log.DeliveryLog`.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from itertools import chain
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
@@ -164,11 +165,8 @@ class Delivery:
                 (f"{batch[0].cursor}..{batch[-1].cursor}" if batch else f"gap-{sent_at}").encode()
             ],
         }
-        for name, value in own.items():
-            headers[name.encode()] = [value.encode()]
-        for name, value in signature_headers(self.hook.secret, body, sent_at).items():
-            headers[name.encode()] = [value.encode()]
-        for name, value in standard_headers(self.hook.secrets, msg_id, sent_at, body).items():
+        for name, value in chain(own.items(), signature_headers(self.hook.secret, body, sent_at).items(),
+                                 standard_headers(self.hook.secrets, msg_id, sent_at, body).items()):
             headers[name.encode()] = [value.encode()]
         if self.sub is not None:
             self.sub.pause()
@@ -262,7 +260,6 @@ class Delivery:
     def _retry_now(self) -> None:
         self.timer = None
         self._kick()
-
 
 
 def message_id(hook: Hook, batch: list[Event], gaps: list[dict[str, Any]]) -> str:
