@@ -254,6 +254,18 @@ class _WebSocketBase(SynchronousTestCase):
     def append(self, first: int, last: int, **kw: Any) -> None:
         self.successResultOf(self.journal.append(batch(first, last, **kw)))
 
+    def count_prepared(self) -> list[bytes]:
+        """From now on, every payload the server's factory prepares as a frame, in order."""
+        prepared: list[bytes] = []
+        real_prepare = self.server_factory.prepareMessage
+
+        def counting(payload: bytes, *a: Any, **kw: Any) -> Any:
+            prepared.append(payload)
+            return real_prepare(payload, *a, **kw)
+
+        self.server_factory.prepareMessage = counting  # type: ignore[method-assign]
+        return prepared
+
 
 
 class WebSocketTests(_WebSocketBase):
@@ -311,14 +323,7 @@ class WebSocketTests(_WebSocketBase):
         """Two subscribers on two sockets get one event framed once: one prepared frame, kept in
         the factory's frame cache, written to both."""
         other_factory, _, _, other_pump = self.connect()
-        prepared: list[bytes] = []
-        real_prepare = self.server_factory.prepareMessage
-
-        def counting(payload: bytes, *a: Any, **kw: Any) -> Any:
-            prepared.append(payload)
-            return real_prepare(payload, *a, **kw)
-
-        self.server_factory.prepareMessage = counting  # type: ignore[method-assign]
+        prepared = self.count_prepared()
         self.send({"cmd": "subscribe"})
         other_factory.opened.sendMessage(dumps({"cmd": "subscribe"}))
         other_pump.flush()
@@ -626,14 +631,7 @@ class WebSocketCloudEventsTests(_WebSocketBase):
         """Two CloudEvents sockets and one firehose socket: one event is prepared twice in all,
         once per format, and each socket gets its format's frame."""
         sockets = [self.connect() for _ in range(2)]
-        prepared: list[bytes] = []
-        real_prepare = self.server_factory.prepareMessage
-
-        def counting(payload: bytes, *a: Any, **kw: Any) -> Any:
-            prepared.append(payload)
-            return real_prepare(payload, *a, **kw)
-
-        self.server_factory.prepareMessage = counting  # type: ignore[method-assign]
+        prepared = self.count_prepared()
         self.send({"cmd": "subscribe"})
         for factory, _, _, pump in sockets:
             factory.opened.sendMessage(dumps({"cmd": "subscribe", "format": "cloudevents"}))
