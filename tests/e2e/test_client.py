@@ -147,15 +147,19 @@ reactor.run()
 """
 
 
+def twisted_client(url: str, since: str) -> Lines:
+    """TWISTED_SCRIPT in its own process against ``url`` from ``since``; its stdout lines."""
+    return Lines(subprocess.Popen([sys.executable, "-c", TWISTED_SCRIPT, url, since],
+                                  stdout=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL))
+
+
 def test_twisted_client_survives_drop_and_restart(start_server):
     """The Twisted client (WebSocket) in a real reactor receives every matching event exactly
     once, in order, across a cut connection and a server restart."""
     server = start_server()
     proxy = TCPProxy(server.port)
     m1 = Master()
-    proc = subprocess.Popen([sys.executable, "-c", TWISTED_SCRIPT, proxy.url, "earliest"],
-                            stdout=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
-    lines = Lines(proc)
+    lines = twisted_client(proxy.url, "earliest")
     try:
         server.ingest(m1.batch(10) + m1.batch(5, builder="mac"))
         first = lines.take(10)
@@ -181,9 +185,8 @@ def test_twisted_client_reports_bad_cursor_and_stops(server):
     """A cursor the server refuses (ahead of its stream) ends the Twisted client with a
     RequestError instead of reconnecting forever; a malformed one is refused before connecting."""
     ahead = server.health()["cursor"].split(":")[0] + ":999"
-    proc = subprocess.Popen([sys.executable, "-c", TWISTED_SCRIPT, server.url, ahead],
-                            stdout=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
-    lines = Lines(proc)
+    lines = twisted_client(server.url, ahead)
+    proc = lines.proc
     try:
         done = lines.next()
         assert "bad_cursor" in done and "ahead" in done, done

@@ -19,7 +19,7 @@ from firehose.client import Backoff, Stream
 
 from .client_support import Lines, TCPProxy
 from .conftest import DEADLINE, Master, seqs, wait_for
-from .test_client import TWISTED_SCRIPT, Collector, expected
+from .test_client import Collector, expected, twisted_client
 
 pytestmark = pytest.mark.slow
 
@@ -58,9 +58,7 @@ def test_twisted_client_fails_over_to_the_other_url(start_server):
     server = start_server()
     a, b = TCPProxy(server.port), TCPProxy(server.port)
     m1 = Master()
-    proc = subprocess.Popen([sys.executable, "-c", TWISTED_SCRIPT, f"{a.url},{b.url}", "earliest"],
-                            stdout=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
-    lines = Lines(proc)
+    lines = twisted_client(f"{a.url},{b.url}", "earliest")
     try:
         server.ingest(m1.batch(10) + m1.batch(5, builder="mac"))
         first = lines.take(10)
