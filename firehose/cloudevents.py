@@ -56,18 +56,12 @@ CONTENT_TYPE = "application/cloudevents+json"
 #: Digits of ``sequence``: a cursor's offset has at most 19.
 SEQUENCE_DIGITS = 20
 
-#: The id field naming each entity in ``subject``, by the first part of the event type.
-_SUBJECT_IDS: dict[str, str] = {
-    "build": "buildid",
-    "request": "buildrequestid",
-    "buildset": "buildsetid",
-    "change": "changeid",
-}
-_COLLECTIONS: dict[str, str] = {
-    "build": "builds",
-    "request": "buildrequests",
-    "buildset": "buildsets",
-    "change": "changes",
+#: The collection and id field naming each entity in ``subject``, by the first part of the event type.
+_SUBJECTS: dict[str, tuple[str, str]] = {
+    "build": ("builds", "buildid"),
+    "request": ("buildrequests", "buildrequestid"),
+    "buildset": ("buildsets", "buildsetid"),
+    "change": ("changes", "changeid"),
 }
 _string = {"type": "string", "minLength": 1}
 #: JSON Schema (2020-12 and draft-07 alike: no ``$schema``, no ``$id``) of one structured
@@ -134,8 +128,9 @@ def subject(firehose_type: str, data: dict[str, Any]) -> str | None:
     """The entity an event is about, as a path of Buildbot ids, or ``None`` (master events,
     whose entity is the ``source`` itself, or an event lacking the id)."""
     entity = firehose_type.partition(".")[0]
-    if entity in _SUBJECT_IDS:
-        return _path(_COLLECTIONS[entity], data.get(_SUBJECT_IDS[entity]))
+    if entity in _SUBJECTS:
+        collection, field = _SUBJECTS[entity]
+        return _path(collection, data.get(field))
     if entity == "worker":
         return _path("workers", data.get("worker"))
     if entity in ("step", "log"):
