@@ -17,6 +17,7 @@ from twisted.internet import defer, reactor, task
 from twisted.protocols import policies
 from twisted.web import resource, server
 
+from buildbot_plugin.outbox import Outbox
 from firehose.event import dumps, loads
 from firehose.schema import SchemaError, validate_batch
 
@@ -146,3 +147,19 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "c
             return value
         yield task.deferLater(reactor, 0.02, lambda: None)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def make_outbox(clock: task.Clock, sender: Any, tmp_path: Any, **kw: Any) -> Outbox:
+    """A started Outbox on ``clock`` posting through ``sender``, spooling under ``tmp_path``,
+    with no jitter (``rand`` always 1.0)."""
+    ob = Outbox(sender=sender, spool_dir=str(tmp_path / "spool"), reactor=clock, rand=lambda: 1.0, **kw)
+    ob.start()
+    return ob
+
+
+def finish_outbox(ob: Outbox, clock: task.Clock) -> None:
+    """Stop ``ob`` within its 1 s deadline; assert it stopped and left no delayed call."""
+    d = ob.stop(timeout=1.0)
+    clock.advance(1.0)
+    assert d.called
+    assert clock.getDelayedCalls() == []

@@ -16,6 +16,9 @@ from twisted.internet import defer, error, task
 from buildbot_plugin.outbox import Item, Outbox
 from firehose.event import dumps
 
+from .plugin_testlib import finish_outbox as finish
+from .plugin_testlib import make_outbox
+
 
 class SharedJournal:
     """What nodes on one Redis share: events stored once per ``(master, incarnation, seq)``."""
@@ -93,16 +96,7 @@ def clock() -> task.Clock:
 def make(clock: task.Clock, nodes: list[Node], tmp_path: Any, **kw: Any) -> Outbox:
     kw.setdefault("flush_interval", 0.1)
     kw.setdefault("spool_after", 1000.0)
-    ob = Outbox(sender=nodes, spool_dir=str(tmp_path / "spool"), reactor=clock, rand=lambda: 1.0, **kw)
-    ob.start()
-    return ob
-
-
-def finish(ob: Outbox, clock: task.Clock) -> None:
-    d = ob.stop(timeout=1.0)
-    clock.advance(1.0)
-    assert d.called
-    assert clock.getDelayedCalls() == []
+    return make_outbox(clock, nodes, tmp_path, **kw)
 
 
 def delays(clock: task.Clock) -> list[float]:

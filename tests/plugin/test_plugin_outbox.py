@@ -12,6 +12,9 @@ from twisted.internet import defer, task
 from buildbot_plugin.outbox import Item, Outbox
 from firehose.event import dumps
 
+from .plugin_testlib import finish_outbox as finish
+from .plugin_testlib import make_outbox
+
 
 class FakeServer:
     """A sender whose answers the test scripts; records the batches it was given."""
@@ -51,16 +54,7 @@ def clock() -> task.Clock:
 
 
 def make(clock: task.Clock, server: FakeServer, tmp_path: Any, **kw: Any) -> Outbox:
-    ob = Outbox(sender=server, spool_dir=str(tmp_path / "spool"), reactor=clock, rand=lambda: 1.0, **kw)
-    ob.start()
-    return ob
-
-
-def finish(ob: Outbox, clock: task.Clock) -> None:
-    d = ob.stop(timeout=1.0)
-    clock.advance(1.0)
-    assert d.called
-    assert clock.getDelayedCalls() == []
+    return make_outbox(clock, server, tmp_path, **kw)
 
 
 def test_batches_by_interval_and_size(clock: task.Clock, tmp_path: Any) -> None:
