@@ -128,9 +128,8 @@ class _PollSink:
         tail: dict[str, Any] = {} if gap is None else {"gap": gap}
         tail.update(cursor=hub.cursor(offset), more=offset < head, head=hub.cursor(head))
         frames = self.cloudevents
-        events = b",".join(e.encoded for e in self.events) if frames is None else b",".join(
-            frames.frame(e) for e in self.events)
-        body = b'{"events":[' + events + b"]," + dumps(tail)[1:] + b"\n"
+        encoded = [e.encoded for e in self.events] if frames is None else [frames.frame(e) for e in self.events]
+        body = b'{"events":[' + b",".join(encoded) + b"]," + dumps(tail)[1:] + b"\n"
         self.cleanup()
         self.request.setHeader(b"content-type", b"application/json")
         self.request.write(body)
