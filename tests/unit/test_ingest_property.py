@@ -193,11 +193,16 @@ class IngestPropertyContract:
     @given(near_valid())
     def test_an_accepted_batch_is_stored_whole_and_in_order(self, events: list[dict[str, Any]]) -> None:
         """A near-valid batch that is accepted had every event stored or counted as a
-        duplicate: accepted + duplicates is the batch's length (no event silently dropped)."""
+        duplicate: accepted + duplicates is the batch's length (no event silently dropped), and
+        the journal's head and the published events moved by exactly the accepted count."""
+        head, published = self.journal.head, len(self.published)
         code, answer = self.post(encode(events), TOKENS["m1"])
         self.assertLess(code, 500, answer)
+        event(f"{code}")  # how often the stored-whole branch below runs, in --hypothesis-show-statistics
         if code == 200:
             self.assertEqual(answer["accepted"] + answer["duplicates"], len(events))
+            self.assertEqual(self.journal.head - head, answer["accepted"], answer)
+            self.assertEqual(len(self.published) - published, answer["accepted"], answer)
 
 
 class MemoryIngestPropertyTests(IngestPropertyContract, SynchronousTestCase):
