@@ -123,6 +123,15 @@ def subscribers(clients: list[Any]) -> list[Any]:
     return clients
 
 
+def all_caught_up(nodes: list[Any]) -> None:
+    """Wait until every node has delivered what any node has.  A batch is acknowledged by the
+    node that stored it once *that* node's reader has delivered it; another node's reader may
+    still be a few events behind (right after Redis returns, it may be in its backoff), and its
+    ``/poll`` never reads past what it has delivered."""
+    wait_for(lambda: len({n.health_any()[1]["cursor"] for n in nodes}) == 1, "every node at the same head",
+             deadline=FAULT_DEADLINE)
+
+
 def acked(publishers: list[Publisher]) -> int:
     return sum(len(p.acked) for p in publishers)
 
@@ -235,6 +244,7 @@ def test_subscribers_on_every_node_receive_identical_streams(cluster: Cluster, s
             published += [(e["master"], e["incarnation"], e["seq"]) for e in batch]
     last = head(nodes[0])
     streams = [ws.until_id(last) for ws in wss] + [s.until_id(last) for s in sses]
+    all_caught_up(nodes)
     replays = [read_journal(n.url) for n in nodes]
     reference = replays[0]
     assert len(reference) == len(published)
@@ -293,6 +303,7 @@ def test_kill9_of_the_subscribers_node_then_resume_on_another_node(cluster: Clus
         subscribers.append(sse2)
         assert sse2.status == 200
         finish(publishers)
+        all_caught_up([n1, n2])
         stream = read_journal(n1.url)
         assert read_journal(n2.url) == stream
         last = stream[-1]["id"]
@@ -349,6 +360,7 @@ def test_same_batch_posted_to_two_nodes_at_once_is_stored_once(cluster: Cluster)
         assert sum(d["accepted"] for d in decoded) == len(batch), decoded
         assert sum(d["duplicates"] for d in decoded) == len(batch), decoded
         splits.append((decoded[0]["accepted"], decoded[1]["accepted"]))
+    all_caught_up(nodes)
     stream = read_journal(nodes[2].url)
     assert [(e["master"], e["incarnation"], e["seq"]) for e in stream] == [
         ("m1", "inc-race", s) for s in range(1, master.seq + 1)
@@ -403,6 +415,7 @@ def test_redis_sigkill_and_aof_restart_lose_no_acknowledged_event(cluster: Clust
         wait_for(lambda: acked(publishers) > before + 60, "acknowledgements after the last restart",
                  deadline=FAULT_DEADLINE)
         finish(publishers)
+        all_caught_up(nodes)
         stream = read_journal(nodes[2].url)
         figures = check_tally(publishers, stream)
         statuses = sum(dict(p.statuses).get(503, 0) for p in publishers)
@@ -562,6 +575,7 @@ def test_webhook_of_a_dead_node_is_taken_over_and_delivers_everything_once_in_or
         survivors = [n for n in nodes if n is not first]
         for i in range(12):
             survivors[i % 2].ingest(master.batch(5))
+        all_caught_up(survivors)
         stream = read_journal(survivors[0].url)
         assert len(stream) == master.seq
         wait_for(lambda: len({e["id"] for e in receiver.events()}) >= len(stream),
@@ -639,6 +653,7 @@ class TwoBuildbotMastersOnTwoNodesTest(TempDirMixin, trial_unittest.TestCase):
         for name in names:
             yield plugin_wait_for(lambda name=name: [e for e in sub.of_type("master.stopped") if e["master"] == name],
                                   what=f"{name}'s master.stopped on node 2")
+        all_caught_up(c.nodes)
         streams = [read_journal(n.url) for n in c.nodes]
         self.assertEqual(streams[1], streams[0])
         self.assertEqual(streams[2], streams[0])
