@@ -11,6 +11,14 @@ live events wait in a queue of at most ``max_pending``; past that the subscripti
 ``gap`` of reason ``slow`` that names the cursor to resume from, and the others never notice.
 The hub knows nothing of any transport: a transport hands it a :class:`Sink`.
 
+Live events go out in **rounds**: a round hands every live subscription, in one ``send``, all
+the stored events it has not been offered yet, matched once per distinct filter.  A round
+starts at once when fan-out is idle; while one is under way (it spans reactor turns, ``chunk``
+subscriptions a turn) and for a pause after it proportional to its length (:class:`Pacing`),
+what the journal stores gathers for the next one.  So the cost per delivery no longer depends
+on how the events were batched at the door: one event per request from many masters is
+written to a socket as a batch once the server is busy, and at once when it is not.
+
 A sink that raises is a fault of that subscriber only.  Every call into a sink is reached from
 a guarded entry point (publish, ``start``, ``resume``, the replay loop); an exception ends that
 subscription with a final ``gap`` of reason ``error`` naming the cursor before what it failed
@@ -19,11 +27,14 @@ to take, is logged, and goes no further: the publish loop goes on to the next su
 
 from __future__ import annotations
 
+import time
+from bisect import bisect_right
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from firehose.cursor import NOW, Cursor, CursorError, format_cursor, parse_since
@@ -34,6 +45,10 @@ from firehose.journal import IJournal
 #: Events written to a socket at a time when catching up: small enough that a full socket stops
 #: us within ~100 KiB, large enough that a write carries many events.
 _SLICE = 64
+#: Subscriptions written to in one reactor turn, at most: 3,000 subscribers cost several turns,
+#: with the reactor reading sockets (ingest, new clients) between them.
+CHUNK = 256
+_DONE = object()
 
 
 class Sink(Protocol):
@@ -67,22 +82,87 @@ class Stats:
         self.published = 0
 
 
+class Pacing:
+    """When the next fan-out round may start: at once when fan-out is idle, after a pause
+    proportional to the last round's length while it is busy.
+
+    A round writes once to every subscriber that has something, whatever the number of events
+    it carries, so a socket write costs the same for one event as for twenty.  Rounds run back
+    to back would write each event on its own and spend the whole core doing it; resting
+    ``1/share - 1`` times as long as a round took (at most ``max_pause``) lets what arrives
+    meanwhile gather into the next round's one write, and bounds fan-out to about ``share``
+    of the time while it is busy.  There is no tick: a round shorter than ``quiet`` (a few
+    subscribers, or a lone event after a quiet spell) imposes no pause, so an idle server
+    writes an event as soon as it is stored.
+
+    :param timer: seconds, monotonic (tests give a fake one).
+    """
+
+    def __init__(self, share: float = 0.4, max_pause: float = 0.05, quiet: float = 0.001,
+                 timer: Callable[[], float] = time.monotonic) -> None:
+        if not 0 < share <= 1:
+            raise ValueError("share must be in (0, 1]")
+        self.share = share
+        self.max_pause = max_pause
+        self.quiet = quiet
+        self.timer = timer
+        self._started = 0.0
+        #: No round may start before this (timer seconds).
+        self._next = 0.0
+        #: The last round's length and the pause it imposed (for /metrics and tests).
+        self.last_round = 0.0
+        self.last_pause = 0.0
+
+    def wait(self) -> float:
+        """Seconds to wait before starting a round now (0: start it at once)."""
+        return max(0.0, self._next - self.timer())
+
+    def started(self) -> None:
+        self._started = self.timer()
+
+    def ended(self) -> float:
+        """A round ended: the pause before the next one."""
+        now = self.timer()
+        took = self.last_round = max(0.0, now - self._started)
+        pause = 0.0 if took < self.quiet else min(self.max_pause, took * (1 / self.share - 1))
+        self.last_pause = pause
+        self._next = now + pause
+        return pause
+
+
 class Hub:
     """Fan-out of one journal's events.
 
     :param page_size: events read per replay page; also how close to the head a replaying
         subscription must be to join the live feed.
     :param max_pending: live events a paused subscription may queue before it is ended as slow.
+    :param clock: schedules rounds split over several reactor turns (``chunk``) and paced
+        ones (``pacing``).  Without a clock every round runs whole, at once, inside the
+        journal's call (what unit tests of the hub's other rules want).
+    :param chunk: subscriptions written to per reactor turn.
+    :param pacing: the rest between busy rounds (see :class:`Pacing`); ``None``: none.
     """
 
     log = Logger()
 
-    def __init__(self, journal: IJournal, page_size: int = 500, max_pending: int = 1000) -> None:
+    def __init__(self, journal: IJournal, page_size: int = 500, max_pending: int = 1000,
+                 clock: IReactorTime | None = None, chunk: int = CHUNK, pacing: Pacing | None = None) -> None:
         self.journal = journal
         self.page_size = page_size
         self.max_pending = max_pending
         self.stats = Stats()
         self._live: dict[Subscription, None] = {}
+        #: The live subscriptions by filter: a round matches its events once per filter.
+        self._groups: dict[Any, dict[Subscription, None]] = {}
+        #: Events the journal has stored that some live subscription has not been offered.
+        self._log: list[Event] = []
+        #: Offset of the newest event the journal told us of.
+        self._told = journal.head
+        self._clock = clock
+        self._chunk = chunk if clock is not None else 1 << 62
+        self._pacing = pacing if clock is not None else None
+        self._round: Iterator[None] | None = None
+        self._scheduled: IDelayedCall | None = None
         journal.listen(self._publish)
 
     def cursor(self, offset: int) -> str:
@@ -148,22 +228,87 @@ class Hub:
         }
 
     def _publish(self, events: list[Event]) -> None:
+        """The journal made ``events`` durable: queue them for the next round (now, if idle)."""
         self.stats.published += len(events)
-        # Subscribers with equal filters share one match of the batch: the cost follows the
-        # distinct filters x events (and the matches), not subscribers x events.
-        matched_by_filter: dict[Any, list[Event]] = {}
-        for sub in list(self._live):
-            if sub not in self._live:
-                continue  # ended by an earlier sink of this same loop
-            flt = sub.filter
-            matched = matched_by_filter.get(flt.key)
-            if matched is None:
-                matched = events if flt.is_everything else [e for e in events if flt.matches(e)]
-                matched_by_filter[flt.key] = matched
-            try:
-                sub._offer(events, matched)
-            except Exception:
-                sub._fail("live delivery")
+        if not events:
+            return
+        self._log.extend(events)
+        self._told = events[-1].offset
+        if self._round is None and self._scheduled is None:
+            wait = self._pacing.wait() if self._pacing is not None else 0.0
+            if wait > 0 and self._clock is not None:
+                self._scheduled = self._clock.callLater(wait, self._run)
+            else:
+                self._run()
+
+    def _run(self) -> None:
+        """Do one turn's share of the current round (starting one if none is under way)."""
+        self._scheduled = None
+        if self._round is None:
+            if not self._log:
+                return
+            self._round = self._deliver_round()
+            if self._pacing is not None:
+                self._pacing.started()
+        if next(self._round, _DONE) is not _DONE:
+            # The turn's budget is spent: let the reactor read sockets, then go on.
+            assert self._clock is not None
+            self._scheduled = self._clock.callLater(0, self._run)
+            return
+        self._round = None
+        wait = self._pacing.ended() if self._pacing is not None else 0.0
+        if self._log:  # events arrived during the round: the next one, after its pause
+            if self._clock is None:
+                self._run()
+            else:
+                self._scheduled = self._clock.callLater(wait, self._run)
+
+    def _deliver_round(self) -> Iterator[None]:
+        """Offer every live subscription the queued events it has not been offered, one write
+        each, grouped by filter; yields after every ``chunk`` subscriptions that had something.
+
+        The events of a round are those queued when it starts; what arrives meanwhile waits
+        for the next round, so the subscribers of one filter are handed the very same list
+        (one match per filter, one framing per transport, one join per list).  Afterwards
+        every subscription has been offered them, so they leave the queue.
+        """
+        log = self._log
+        count = len(log)
+        last = log[-1].offset
+        offsets = [e.offset for e in log]
+        starts: dict[int, int] = {}
+        budget = self._chunk
+        for members in list(self._groups.values()):
+            subs = list(members)  # a sink may end subscriptions, its own or (a poll) others
+            if not subs:
+                continue
+            flt = subs[0].filter
+            everything = flt.is_everything
+            matched_from: dict[int, list[Event]] = {}
+            for sub in subs:
+                offered = sub._offered
+                if offered >= last or not sub._attached:
+                    continue  # attached after these events were queued, or ended meanwhile
+                i = starts.get(offered)
+                if i is None:
+                    i = starts[offered] = bisect_right(offsets, offered, 0, count)
+                events = log[i:count]
+                matched = matched_from.get(i)
+                if matched is None:
+                    matched = matched_from[i] = events if everything else [e for e in events if flt.matches(e)]
+                sub._offered = last
+                if not matched and sub.live:
+                    sub.seen = max(sub.seen, last)  # nothing for it: cheap, and not a write
+                    continue
+                try:
+                    sub._offer(events, matched)
+                except Exception:
+                    sub._fail("live delivery")
+                budget -= 1
+                if budget <= 0:
+                    yield None
+                    budget = self._chunk
+        del log[:count]
 
     @property
     def subscriptions(self) -> Iterable[Subscription]:
@@ -172,12 +317,30 @@ class Hub:
 
     def attach(self, sub: Subscription) -> None:
         """Put ``sub`` on the live feed (called by :class:`Subscription`: the registry is the
-        hub's, so only the hub writes it)."""
+        hub's, so only the hub writes it).
+
+        It is offered only the events stored from now on: every earlier one is in the journal,
+        where the replay read that follows an attach finds it (see :meth:`Subscription._replay`).
+        """
         self._live[sub] = None
+        sub._offered = self._told
+        self._groups.setdefault(sub.filter.key, {})[sub] = None
 
     def detach(self, sub: Subscription) -> None:
         """Take ``sub`` off the live feed; nothing if it is not on it."""
-        self._live.pop(sub, None)
+        if sub in self._live:
+            del self._live[sub]
+            key = sub.filter.key
+            group = self._groups[key]
+            del group[sub]
+            if not group:
+                del self._groups[key]
+
+    def stop(self) -> None:
+        """Cancel a scheduled round (the server is stopping)."""
+        if self._scheduled is not None and self._scheduled.active():
+            self._scheduled.cancel()
+        self._scheduled = None
 
 
 class Subscription:
@@ -206,6 +369,8 @@ class Subscription:
         self.closed = False
         self.paused = False
         self._attached = False
+        #: Offset of the newest live event the hub has offered (set by the hub).
+        self._offered = position
         self._pending: list[Event] = []
         self._reading = False
         #: Told before anything else (``since`` was of another epoch, or expired).

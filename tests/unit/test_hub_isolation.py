@@ -13,11 +13,12 @@ from typing import Any
 
 from hypothesis import event, given
 from hypothesis import strategies as st
+from twisted.internet.task import Clock
 from twisted.logger import Logger
 
 from firehose.event import Event
 from firehose.filters import Filter, parse_json
-from firehose.hub import Hub, Subscription
+from firehose.hub import Hub, Pacing, Subscription
 from firehose.ingest import IngestStats
 from firehose.journal import MemoryJournal
 from firehose.metrics import FirehoseCollector
@@ -54,8 +55,13 @@ class FaultySink:
             self.raised = True
             raise Boom(f"{name} #{self.calls[name]}")
 
+    #: Seconds of the pacing's timer one ``send`` takes (see ``rounds``), and that timer.
+    cost = 0.0
+    spent: list[float] = [0.0]
+
     def send(self, events: list[Event]) -> None:
         assert events, "the hub must never send an empty list"
+        self.spent[0] += self.cost
         self._call("send")
         self.events.extend(events)
 
@@ -83,22 +89,46 @@ step = st.one_of(
     st.tuples(st.just("release"), st.none()),
     st.tuples(st.just("pause"), st.integers(0, 50)),
     st.tuples(st.just("resume"), st.integers(0, 50)),
+    st.tuples(st.just("tick"), st.sampled_from([0.0, 0.001, 0.01, 0.1])),
 )
+#: How the hub runs its rounds: ``None`` whole and at once (no clock), else (chunk, round
+#: cost): rounds split every ``chunk`` subscriptions over reactor turns, and paced, each
+#: ``send`` costing that many seconds of the pacing's timer.
+rounds = st.one_of(st.none(), st.tuples(st.integers(1, 3), st.sampled_from([0.0, 0.0005, 0.004])))
+
+
+def drain(clock: Clock, hub: Hub) -> None:
+    """Run every scheduled round to its end (bounded: each advance runs at least one turn)."""
+    for _ in range(10_000):
+        if not clock.getDelayedCalls():
+            return
+        clock.advance(1.0)
+    raise AssertionError("the hub's rounds never ended")
 
 
 @given(st.lists(subscriber, min_size=1, max_size=8), st.lists(step, min_size=1, max_size=40), appended,
-       st.integers(1, 6))
+       st.integers(1, 6), rounds)
 def test_a_raising_sink_ends_only_its_own_subscription(
-    subscribers: list[Any], steps: list[Any], last: list[Any], page_size: int
+    subscribers: list[Any], steps: list[Any], last: list[Any], page_size: int, paced: Any
 ) -> None:
     """Whatever sinks raise, and wherever (send, gap, replayed; live, replaying, at the seam;
     in the publish loop, in start, in resume): every subscriber whose sink never raised gets
     exactly the events its filter matches after its start, in order, once, with no final gap;
     every one whose sink raised is closed with a final ``error`` gap whose cursor is exactly
     where the events it accepted end (resuming there loses and doubles nothing), even when its
-    ``gap`` raises too; none of them is left in the live set; the hub's counters agree."""
+    ``gap`` raises too; none of them is left in the live set; the hub's counters agree.
+
+    The same whether rounds run whole at once or split over reactor turns and paced: events
+    stored while a round is under way or pausing are delivered by a later one, in order."""
     journal = MemoryJournal(epoch="e1")
-    hub = Hub(journal, page_size=page_size, max_pending=10_000)  # nobody is ended as slow here
+    clock = Clock()
+    spent = [0.0]
+    if paced is None:
+        hub = Hub(journal, page_size=page_size, max_pending=10_000)  # nobody is ended as slow here
+    else:
+        chunk, cost = paced
+        hub = Hub(journal, page_size=page_size, max_pending=10_000, clock=clock, chunk=chunk,
+                  pacing=Pacing(timer=lambda: spent[0]))
     reads = HeldReads(journal)
     subs: list[tuple[Subscription, FaultySink, int]] = []
     seq = 0
@@ -118,6 +148,8 @@ def test_a_raising_sink_ends_only_its_own_subscription(
                          "other-epoch": "other:1"}[start]
                 from_offset = {"now": journal.head, "cursor": pick % (journal.head + 1)}.get(start, 0)
                 sink = FaultySink(method, 1 if method == "gap" else at)  # a second gap is the error
+                if paced is not None:
+                    sink.cost, sink.spent = paced[1], spent
                 sub = hub.subscribe(sink, FILTERS[flt], since, "t")
                 sub.start()
                 subs.append((sub, sink, from_offset))
@@ -128,6 +160,8 @@ def test_a_raising_sink_ends_only_its_own_subscription(
             append(arg)
         elif kind == "release":
             reads.release()
+        elif kind == "tick":
+            clock.advance(arg)
         elif subs:
             sub = subs[arg % len(subs)][0]
             sub.pause() if kind == "pause" else sub.resume()
@@ -136,6 +170,7 @@ def test_a_raising_sink_ends_only_its_own_subscription(
     for sub, _, _ in subs:
         sub.resume()
     reads.release_all(at_most=10_000)
+    drain(clock, hub)
 
     everything = [e for e in journal._events]
     for sub, sink, from_offset in subs:
