@@ -21,7 +21,7 @@ from twisted.logger import Logger
 # Config and ConfigError are re-exported: ``FirehoseServer(Config(...))`` is how a server is
 # embedded (this module's docstring); their home is firehose.config.
 from firehose.config import Config, ConfigError, check_config  # noqa: F401
-from firehose.hub import Hub
+from firehose.hub import Hub, Pacing
 from firehose.ingest import IngestStats, MasterTokens
 from firehose.journal import IJournal, MemoryJournal, SQLiteJournal
 from firehose.state import BuildState
@@ -68,7 +68,8 @@ class FirehoseServer:
         """Open the journal and listen; fails with JournalError or CannotListenError."""
         config = self.config
         journal = self.journal = self._open_journal()
-        self.hub = Hub(journal, page_size=config.page_size, max_pending=config.max_pending)
+        self.hub = Hub(journal, page_size=config.page_size, max_pending=config.max_pending,
+                       clock=self.reactor, pacing=Pacing())
         self.state = BuildState()
         try:
             # Before listening: no event can arrive between the rebuild and following live.
@@ -143,6 +144,7 @@ class FirehoseServer:
         if self.webhooks is not None:
             yield self.webhooks.stop()
             self.webhooks = None
+        self.hub.stop()
         for sub in list(self.hub.subscriptions):
             sub.close()
         if self.site is not None:
