@@ -80,6 +80,11 @@ class Stats:
         #: Subscriptions ended because their sink raised (a transport bug, never the client's).
         self.failed: Counter[str] = Counter()
         self.published = 0
+        #: Fan-out rounds, the live sends they made, their time and the pauses after them.
+        self.rounds = 0
+        self.writes = 0
+        self.round_seconds = 0.0
+        self.pause_seconds = 0.0
 
 
 class Pacing:
@@ -256,7 +261,13 @@ class Hub:
             self._scheduled = self._clock.callLater(0, self._run)
             return
         self._round = None
-        wait = self._pacing.ended() if self._pacing is not None else 0.0
+        stats = self.stats
+        stats.rounds += 1
+        wait = 0.0
+        if self._pacing is not None:
+            wait = self._pacing.ended()
+            stats.round_seconds += self._pacing.last_round
+            stats.pause_seconds += wait
         if self._log:  # events arrived during the round: the next one, after its pause
             if self._clock is None:
                 self._run()
@@ -278,6 +289,7 @@ class Hub:
         offsets = [e.offset for e in log]
         starts: dict[int, int] = {}
         budget = self._chunk
+        writes = 0
         for members in list(self._groups.values()):
             subs = list(members)  # a sink may end subscriptions, its own or (a poll) others
             if not subs:
@@ -304,10 +316,14 @@ class Hub:
                     sub._offer(events, matched)
                 except Exception:
                     sub._fail("live delivery")
+                writes += 1
                 budget -= 1
                 if budget <= 0:
+                    self.stats.writes += writes
+                    writes = 0
                     yield None
                     budget = self._chunk
+        self.stats.writes += writes
         del log[:count]
 
     @property

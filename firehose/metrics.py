@@ -107,6 +107,14 @@ class FirehoseCollector:
         yield slow
         yield failed
         yield CounterMetricFamily("firehose_events_published", "Events fanned out live.", value=stats.published)
+        yield CounterMetricFamily("firehose_fanout_rounds", "Fan-out rounds (one write per subscriber each).",
+                                  value=stats.rounds)
+        yield CounterMetricFamily("firehose_fanout_writes", "Live hand-overs to subscribers, one per subscriber "
+                                  "per round that had something for it.", value=stats.writes)
+        yield CounterMetricFamily("firehose_fanout_round_seconds", "Time spent in fan-out rounds.",
+                                  value=stats.round_seconds)
+        yield CounterMetricFamily("firehose_fanout_pause_seconds", "Pauses between busy rounds.",
+                                  value=stats.pause_seconds)
         yield GaugeMetricFamily("firehose_journal_head", "Offset of the newest event.", value=self.journal.head)
         yield GaugeMetricFamily(
             "firehose_journal_events", "Events retained in the journal.",

@@ -91,6 +91,7 @@ class RoundTests(SynchronousTestCase):
         self.assertEqual([len(s.writes) for s in sinks], [1] * 10)
         self.clock.advance(0.002)
         self.assertEqual([s.writes for s in sinks], [[[1], [2, 3, 4, 5, 6]]] * 10)
+        self.assertEqual((hub.stats.rounds, hub.stats.writes, hub.stats.published), (2, 20, 6))
 
     def test_the_pause_is_bounded(self) -> None:
         """However long a round took, the next starts within ``max_pause``."""
