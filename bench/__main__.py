@@ -1,14 +1,52 @@
 """``python -m bench``: run the benchmark suite, write bench/results/<name>.json and PNG plots,
 print the table of targets against measured values.
 
-    .venv/bin/python -m bench                 # the default suite (~5 minutes)
+    .venv/bin/python -m bench                 # the default suite (~8 minutes; issue 13's rows too)
     .venv/bin/python -m bench --smoke         # seconds: proves the bench runs (tests use it)
     .venv/bin/python -m bench --only ws_fanout,ingest --repeat 5
+    .venv/bin/python -m bench --only ws_unbatched,ws_unbatched_300,ingest_single --repeat 1 --name baseline13
+    .venv/bin/python -m bench curves --curve-repeat 3   # scaling curves (~15 min at 3 runs a point)
     .venv/bin/python -m bench buildbot        # plugin overhead, end to end, Buildbot's own /ws
     .venv/bin/python -m bench profile         # py-spy flame graphs of the hot paths
     .venv/bin/python -m bench redis           # several nodes on one Redis stream vs SQLite
+    .venv/bin/python -m bench table --name baseline13   # the tables again from a results file
 
-Each figure is the median of ``--repeat`` runs (default 3) with min and max.
+Each figure is the median of ``--repeat`` runs (default 3) with min and max.  Every run records
+the server's CPU (``server_cpu_pct``) and the load generator's own (``loadgen_cpu_pct``,
+utime+stime of fhload from /proc over the same window): the second table of the output has both
+for every scenario, so a figure whose generator was near 100% of its core says the client, not
+the server, was the limit.
+
+Scenarios (``--only``; the default suite runs all of them):
+
+- batched publishing, one master flushing every 0.2 s (100 ev/s arrive as 20-event POSTs):
+  ``ws_fanout`` (1,000 WS subscribers x 100 ev/s), ``ws_capacity`` (1,000 ev/s offered),
+  ``sse_fanout``, ``sse_capacity``, ``longpoll`` (40 ev/s), ``filtered``, ``slow``,
+  ``scaling_100``, ``scaling_5000``, ``load_50``, ``load_200``, ``load_400``;
+- unbatched publishing, ONE event per POST from 10 masters (one request in flight each,
+  keep-alive; ``fhload --pub-single 1``): ``ws_unbatched`` (1,000 x 100 ev/s),
+  ``ws_unbatched_300`` (1,000 x 300), ``ws_unbatched_3000`` (3,000 x 100), ``sse_unbatched``
+  (1,000 SSE x 100);
+- ingest: ``ingest`` (4 masters x 100-event batches), ``ingest_one_master`` (370-event
+  batches), ``ingest_single`` (10 masters, one event per POST as fast as the server answers:
+  requests/s, p50/p99 from POST to its 200);
+- ``idle`` (10,000 quiet WebSocket connections: RSS each), ``resume`` (one subscriber replays a
+  1,000,000-event journal), ``startup`` (a server on a copy of a 1,000,000-event journal: seconds
+  from process start to listening and to the first correct ``/api/builders`` answer, for the
+  first start and for a restart after a clean SIGTERM stop; a 503 ``warming_up`` answer in
+  between is counted, a wrong 200 misses the row).  The journals are generated once into
+  bench/build/ (~30 s each, ~850 MB; git-ignored).
+
+``curves``: deliveries/s and p99 against subscribers (100, 300, 1,000, 3,000, 10,000 at 100 ev/s)
+and against events/s (50, 100, 200, 400, 800 at 1,000 subscribers), batched and unbatched;
+``--curve-repeat N`` runs per point; results in bench/results/curves.json, plots
+bench/results/scaling_subs.png and scaling_rate.png (points whose server used >= 90% of its
+core are circled: saturated).  Single points: ``--only curve_subs_unbatched_3000,...``.
+
+The server is ``firehose serve`` from this checkout (or ``FIREHOSE_BENCH_SRC=/path``) pinned to
+core 0, the load generator (bench/fhload.c, compiled into bench/build/) to core 1.  Plots need
+matplotlib: bench/.venv-www's (``python -m bench buildbot`` makes it) or, without it,
+bench/build/venv-plot (made on first use, matplotlib only).
 """
 
 from __future__ import annotations
@@ -26,22 +64,28 @@ from bench import scenarios as sc
 from bench.common import RESULTS, Server, compile_loadgen, load_average, log, machine, summarize
 
 Scenario = Callable[[sc.Params], dict[str, Any]]
-#: Scenarios that measure the server's memory: a new server for every run.
-FRESH_SERVER = {"idle", "slow"}
+#: Scenarios that start their own servers (memory, start-up): a new server for every run.
+FRESH_SERVER = {"idle", "slow", "startup"}
 
 
 def suite(p: sc.Params) -> list[tuple[str, Scenario]]:
     out: list[tuple[str, Scenario]] = [
         ("ws_fanout", sc.ws_fanout),
         ("ws_capacity", sc.ws_capacity),
+        ("ws_unbatched", sc.ws_unbatched),
+        ("ws_unbatched_300", sc.ws_unbatched_300),
+        ("ws_unbatched_3000", sc.ws_unbatched_3000),
         ("sse_fanout", sc.sse_fanout),
+        ("sse_unbatched", sc.sse_unbatched),
         ("sse_capacity", sc.sse_capacity),
         ("longpoll", sc.longpoll),
         ("filtered", sc.filtered),
         ("ingest", sc.ingest),
         ("ingest_one_master", sc.ingest_one_master),
+        ("ingest_single", sc.ingest_single),
         ("idle", sc.idle),
         ("slow", sc.slow),
+        ("startup", sc.startup),
     ]
     for n in p.scaling:
         if n != p.subs:
@@ -58,7 +102,8 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run_suite(p: sc.Params, repeat: int, only: set[str] | None, name: str, curve_repeat: int,
-              idle_repeat: int = 1) -> dict[str, Any]:
+              idle_repeat: int = 1, todo: list[tuple[str, Scenario]] | None = None) -> dict[str, Any]:
+    """Run ``todo`` (default: the suite and resume), write bench/results/<name>.json."""
     compile_loadgen()
     started = time.time()
     result: dict[str, Any] = {
@@ -66,13 +111,17 @@ def run_suite(p: sc.Params, repeat: int, only: set[str] | None, name: str, curve
         "machine": machine(), "load_before": load_average(), "params": p.__dict__.copy(),
         "repeat": repeat, "scenarios": {},
     }
-    todo = suite(p)
-    if only is None or "resume" in only:
-        todo.append(("resume", lambda _: {}))  # placeholder: resume repeats on one server
+    if todo is None:
+        todo = suite(p)
+        if only is None or "resume" in only:
+            todo.append(("resume", lambda _: {}))  # placeholder: resume repeats on one server
+    unknown = (only or set()) - {scen for scen, _ in todo}
+    if unknown:
+        raise SystemExit(f"unknown scenario(s) {sorted(unknown)}; known: {', '.join(s for s, _ in todo)}")
     for scen, fn in todo:
         if only is not None and scen not in only:
             continue
-        n = curve_repeat if scen.startswith(("load_", "scaling_5000")) else repeat
+        n = curve_repeat if scen.startswith(("load_", "scaling_5000", "curve_")) else repeat
         if scen == "idle":
             n = min(repeat, idle_repeat)  # 10,000 handshakes take a while: see --idle-repeat
         log(f"{scen}: {n} run(s), load average {load_average()[0]:.2f}")
@@ -110,14 +159,16 @@ def run_suite(p: sc.Params, repeat: int, only: set[str] | None, name: str, curve
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", nargs="?", default="suite", choices=["suite", "buildbot", "profile", "table", "plots", "redis"])
+    ap.add_argument("command", nargs="?", default="suite",
+                    choices=["suite", "curves", "buildbot", "profile", "table", "plots", "redis"])
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, one run each: seconds")
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--curve-repeat", type=int, default=1, help="runs per point of the latency/load curve")
+    ap.add_argument("--curve-repeat", type=int, default=1,
+                    help="runs per point of the curves (`curves`, and the suite's load_*/scaling_5000)")
     ap.add_argument("--idle-repeat", type=int, default=1, help="runs of the 10,000-connection scenario")
     ap.add_argument("--only", help="comma-separated scenario names")
     ap.add_argument("--window", type=float, help="seconds of each measurement window")
-    ap.add_argument("--name", help="results file name (default: suite, smoke, buildbot)")
+    ap.add_argument("--name", help="results file name (default: suite, smoke, curves, buildbot)")
     ap.add_argument("--no-plots", action="store_true")
     args = ap.parse_args(argv)
     # SIGTERM (a timeout, a Ctrl-C elsewhere) unwinds normally, so every server and load
@@ -145,6 +196,18 @@ def main(argv: list[str] | None = None) -> int:
             print(report.table(res, report.load_optional("buildbot")))
         else:
             report.plots(res, args.name or "suite")
+        return 0
+    if args.command == "curves":
+        from bench import report
+
+        p = sc.Params.smoke() if args.smoke else sc.Params()
+        if args.window:
+            p.window = args.window
+        name = args.name or ("curves-smoke" if args.smoke else "curves")
+        res = run_suite(p, 1, only, name, 1 if args.smoke else args.curve_repeat, todo=sc.curves(p))
+        print(report.curve_table(res))
+        if not args.no_plots and not args.smoke:
+            report.plots(res, name)
         return 0
 
     p = sc.Params.smoke() if args.smoke else sc.Params()

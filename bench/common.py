@@ -31,8 +31,9 @@ SERVER_CORE = "0"
 CLIENT_CORE = "1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
-#: Master names and tokens the server accepts: m0=t0 ... (the load generator's publishers).
-MASTERS = 8
+#: Master names and tokens the server accepts: m0=t0 ... (the load generator's publishers; the
+#: unbatched scenarios use 10 of them).
+MASTERS = 16
 
 
 def log(msg: str) -> None:
@@ -119,7 +120,9 @@ class Server:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> Server:
+    def spawn(self) -> float:
+        """Start the process and return at once: the ``time.monotonic()`` just before it was
+        started (the start-up scenario times from there)."""
         cmd = [
             "taskset", "-c", SERVER_CORE, python(), "-m", "firehose.cli", "serve",
             "--listen", f"tcp:{self.port}:interface=127.0.0.1", "--db", self.db,
@@ -134,11 +137,17 @@ class Server:
         # proposed fix) with this venv's dependencies.
         src = os.environ.get("FIREHOSE_BENCH_SRC", ROOT)
         env = dict(os.environ, PYTHONPATH=src)
-        with open(self.logfile, "wb") as out:
+        with open(self.logfile, "ab") as out:
+            t0 = time.monotonic()
             self.proc = subprocess.Popen(
                 cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 preexec_fn=raise_nofile, cwd=src, env=env,
             )
+        return t0
+
+    def start(self) -> Server:
+        self.spawn()
+        assert self.proc is not None
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -168,9 +177,14 @@ class Server:
         except OSError:
             return ""
 
+    def terminate(self, grace: float = 5.0) -> int | None:
+        """SIGTERM (SIGKILL after ``grace`` s); the exit status, the temporary directory kept."""
+        proc, self.proc = self.proc, None
+        kill(proc, grace)
+        return proc.returncode if proc is not None else None
+
     def stop(self) -> None:
-        kill(self.proc)
-        self.proc = None
+        self.terminate()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def __enter__(self) -> Server:
@@ -215,6 +229,21 @@ class Loadgen:
         finally:
             sel.close()
 
+    @property
+    def pid(self) -> int | None:
+        """The generator's own pid (``taskset`` execs it: the same process)."""
+        return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
+
+    def cpu(self) -> float | None:
+        """The generator's utime+stime so far, seconds (None once it has exited)."""
+        pid = self.pid
+        if pid is None:
+            return None
+        try:
+            return cpu_seconds(pid)
+        except OSError:
+            return None
+
     def command(self, word: str) -> None:
         assert self.proc is not None and self.proc.stdin is not None
         self.proc.stdin.write(word + "\n")
@@ -257,15 +286,20 @@ def running(server: Server, loadgen: Loadgen, ready_timeout: float = 120.0) -> I
 
 
 def window(server_pid: int, loadgen: Loadgen, seconds: float) -> dict[str, Any]:
-    """One measurement window: the generator's counters and the server's CPU over it."""
+    """One measurement window: the generator's counters, the server's CPU and the generator's
+    own CPU over it (``loadgen_cpu_pct``: near 100% would mean the client, not the server, was
+    the limit)."""
     c0 = cpu_seconds(server_pid)
+    g0 = loadgen.cpu()
     loadgen.mark()
     t0 = time.monotonic()
     time.sleep(seconds)
     rep = loadgen.report()
     el = time.monotonic() - t0
     c1 = cpu_seconds(server_pid)
+    g1 = loadgen.cpu()
     rep["server_cpu_pct"] = 100.0 * (c1 - c0) / el
+    rep["loadgen_cpu_pct"] = 100.0 * (g1 - g0) / el if g0 is not None and g1 is not None else None
     rep["server_rss_mb"] = rss_bytes(server_pid) / 2**20
     rep["cpu_us_per_delivery"] = (c1 - c0) * 1e6 / rep["deliveries"] if rep["deliveries"] else None
     return rep

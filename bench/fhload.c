@@ -7,8 +7,11 @@
  *
  * Publisher (optional, same loop): POSTs build events to /ingest in batches, one request in
  * flight per master connection, like the Buildbot plugin's outbox.  Either at a set rate
- * (events generated at --pub-rate per second, flushed every --pub-interval seconds) or flooding
- * (--pub-flood B: a batch of B as soon as the previous one is acknowledged).
+ * (events generated at --pub-rate per second, flushed every --pub-interval seconds, by the first
+ * master), unbatched (--pub-single 1: every one of --pub-conns masters POSTs ONE event per
+ * request, at --pub-rate / --pub-conns events/s each, staggered, keep-alive), or flooding
+ * (--pub-flood B: a batch of B as soon as the previous one is acknowledged, every master).
+ * The time from each POST to its answer goes into its own histogram (pub_ack_p50_ms ...).
  *
  * Control on stdin, one word a line: "mark" starts a measurement window (counters reset),
  * "report" prints the window's counters as one JSON line, "quit" exits.  "READY <n>" is printed
@@ -48,7 +51,7 @@ typedef struct conn {
     char since[96];
     /* pub */
     int inflight;
-    long seq;
+    long seq, sent_n;
     double sent_at;
     int batch_n;
     char *out;
@@ -59,7 +62,7 @@ static int mode = M_WS, port = 8080, nconns = 0, noread_n = 0, connect_window = 
 static const char *sub_msg = "{\"cmd\":\"subscribe\"}";
 static const char *path = "/ws", *query = "", *ts_key = "sent_at", *since0 = NULL, *incarnation = NULL;
 static double max_time = 60, pub_rate = 0, pub_interval = 0.05, pub_delay = 0.5;
-static int pub_conns = 1, pub_flood = 0, pub_batch_max = 1000, noread_rcvbuf = 4096, event_bytes = 700;
+static int pub_conns = 1, pub_flood = 0, pub_single = 0, pub_batch_max = 1000, noread_rcvbuf = 4096, event_bytes = 700;
 static long expect = 0;
 static int epfd;
 static conn *conns;
@@ -70,9 +73,9 @@ static size_t tskey_len;
 
 /* counters, reset by "mark" */
 static long deliveries, errors, closed_n, gaps, polls, pub_events, pub_batches, pub_acked, pub_errors, pub_late;
-static long all_deliveries, ws_other;
+static long all_deliveries, ws_other, pub_answers;
 static double pub_ack_sum, pub_ack_max;
-static uint32_t *hist;
+static uint32_t *hist, *ack_hist;
 static double lat_max, mark_t, t0, expect_done_t;
 static int ready_printed, subscribed_n, connecting_n, next_connect, pub_started;
 static double pub_t0;
@@ -91,23 +94,28 @@ static void die(const char *m) {
 
 static void reset_counters(void) {
     deliveries = errors = closed_n = gaps = polls = pub_events = pub_batches = pub_acked = pub_errors = pub_late = 0;
-    ws_other = 0;
+    ws_other = pub_answers = 0;
     pub_ack_sum = pub_ack_max = 0;
     memset(hist, 0, sizeof(uint32_t) * HIST_N);
+    memset(ack_hist, 0, sizeof(uint32_t) * HIST_N);
     lat_max = 0;
     mark_t = now();
 }
 
-static double pct(long n, double q) {
+static double hpct(const uint32_t *h, long n, double q, double maxv) {
     if (n <= 0) return -1;
     long want = (long)ceil(q * n), acc = 0;
     if (want < 1) want = 1;
     for (int i = 0; i < HIST_N; i++) {
-        acc += hist[i];
+        acc += h[i];
         if (acc >= want) return (i + 0.5) * HIST_RES * 1000.0;
     }
-    return lat_max * 1000.0;
+    return maxv * 1000.0;
 }
+
+static double pct(long n, double q) { return hpct(hist, n, q, lat_max); }
+
+static double ack_pct(double q) { return hpct(ack_hist, pub_answers, q, pub_ack_max); }
 
 static void report(void) {
     double el = now() - mark_t;
@@ -118,12 +126,14 @@ static void report(void) {
            "\"p999_ms\":%.3f,\"max_ms\":%.3f,\"errors\":%ld,\"closed\":%ld,\"gaps\":%ld,\"polls\":%ld,"
            "\"poll_rate\":%.1f,\"open\":%ld,\"subscribed\":%d,\"pub_events\":%ld,\"pub_rate\":%.1f,"
            "\"pub_batches\":%ld,\"pub_acked\":%ld,\"pub_acked_rate\":%.1f,\"pub_errors\":%ld,\"pub_late\":%ld,"
-           "\"all_deliveries\":%ld,\"expect_elapsed\":%.4f,\"pub_ack_avg_ms\":%.3f,\"pub_ack_max_ms\":%.3f}\n",
+           "\"all_deliveries\":%ld,\"expect_elapsed\":%.4f,\"pub_ack_avg_ms\":%.3f,\"pub_ack_max_ms\":%.3f,"
+           "\"pub_answers\":%ld,\"pub_answer_rate\":%.1f,\"pub_ack_p50_ms\":%.3f,\"pub_ack_p99_ms\":%.3f}\n",
            el, deliveries, deliveries / el, pct(deliveries, 0.5), pct(deliveries, 0.9), pct(deliveries, 0.99),
            pct(deliveries, 0.999), lat_max * 1000.0, errors, closed_n, gaps, polls, polls / el, open_n,
            subscribed_n, pub_events, pub_events / el, pub_batches, pub_acked, pub_acked / el, pub_errors, pub_late,
            all_deliveries, expect_done_t > 0 ? expect_done_t - t0 : -1.0,
-           pub_batches ? pub_ack_sum * 1000.0 / pub_batches : -1.0, pub_ack_max * 1000.0);
+           pub_answers ? pub_ack_sum * 1000.0 / pub_answers : -1.0, pub_ack_max * 1000.0, pub_answers,
+           pub_answers / el, ack_pct(0.5), ack_pct(0.99));
     fflush(stdout);
 }
 
@@ -341,8 +351,13 @@ static long http_response(char *buf, size_t n, int *status, char **body, size_t 
 static void on_pub_response(conn *c, char *body, size_t blen, int status) {
     c->inflight = 0;
     double ack = now() - c->sent_at;
+    pub_answers++;
     pub_ack_sum += ack;
     if (ack > pub_ack_max) pub_ack_max = ack;
+    long ab = (long)(ack / HIST_RES);
+    if (ab < 0) ab = 0;
+    if (ab >= HIST_N) ab = HIST_N - 1;
+    ack_hist[ab]++;
     if (status == 200) {
         pub_acked += c->batch_n;
     } else {
@@ -578,6 +593,8 @@ static void pub_send(conn *c, int nev) {
     if (fail) conn_close(c, 1);
 }
 
+static int npub_n;
+
 static void pub_tick(void) {
     if (!pub_started) return;
     double t = now();
@@ -587,6 +604,21 @@ static void pub_tick(void) {
         if (c->state != S_OPEN || c->inflight) continue;
         if (pub_flood) {
             pub_send(c, pub_flood);
+            continue;
+        }
+        if (pub_single) {
+            /* master k of K: events due at (j - k/K) / (rate/K), j = 1, 2, ...; one per POST.  A
+             * master more than a second (of its own rate) behind skips the excess (pub_late). */
+            double per = pub_rate / npub_n;
+            long due = (long)floor((t - pub_t0) * per + (double)(i - nconns) / npub_n) - c->sent_n;
+            if (due <= 0) continue;
+            long cap = per > 1 ? (long)per : 1;
+            if (due > cap) {
+                pub_late += due - cap;
+                c->sent_n += due - cap;
+            }
+            c->sent_n++;
+            pub_send(c, 1);
             continue;
         }
         if (i != nconns) continue; /* a set rate uses one master */
@@ -606,7 +638,8 @@ static void usage(void) {
     fprintf(stderr,
             "usage: fhload --port P [--mode ws|sse|poll|none] [--conns N] [--noread N] [--path /ws] [--sub JSON]\n"
             "  [--query Q] [--since CURSOR] [--expect N] [--ts-key KEY] [--pub-rate R] [--pub-interval S]\n"
-            "  [--pub-flood B] [--pub-conns K] [--pub-batch-max B] [--event-bytes N] [--max-time S]\n");
+            "  [--pub-flood B] [--pub-conns K] [--pub-single 0|1] [--pub-batch-max B] [--event-bytes N]\n"
+            "  [--max-time S]\n");
     exit(2);
 }
 
@@ -629,6 +662,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--pub-interval")) pub_interval = atof(v);
         else if (!strcmp(a, "--pub-flood")) pub_flood = atoi(v);
         else if (!strcmp(a, "--pub-conns")) pub_conns = atoi(v);
+        else if (!strcmp(a, "--pub-single")) pub_single = atoi(v);
         else if (!strcmp(a, "--pub-batch-max")) pub_batch_max = atoi(v);
         else if (!strcmp(a, "--pub-delay")) pub_delay = atof(v);
         else if (!strcmp(a, "--event-bytes")) event_bytes = atoi(v);
@@ -640,6 +674,7 @@ int main(int argc, char **argv) {
     if (mode == M_NONE) nconns = 0;
     int npub = (pub_rate > 0 || pub_flood > 0) ? pub_conns : 0;
     total = nconns + npub;
+    npub_n = npub;
     snprintf(tskey_pat, sizeof tskey_pat, "\"%s\":", ts_key);
     tskey_len = strlen(tskey_pat);
     static char incbuf[64];
@@ -656,6 +691,7 @@ int main(int argc, char **argv) {
         return 2;
     }
     hist = calloc(HIST_N, sizeof(uint32_t));
+    ack_hist = calloc(HIST_N, sizeof(uint32_t));
     work = malloc(WORK_SZ);
     conns = calloc(total ? total : 1, sizeof(conn));
     epfd = epoll_create1(0);

@@ -14,6 +14,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
+
+PLAIN = FuncFormatter(lambda v, _pos: f"{v:g}")
 
 
 def med(res: dict[str, Any], scen: str, key: str) -> tuple[float, float, float] | None:
@@ -96,6 +99,98 @@ def scaling(res: dict[str, Any], out: str) -> None:
     plt.close(fig)
 
 
+def _curve(res: dict[str, Any], kind: str, batching: str) -> list[dict[str, Any]]:
+    """The points of one curve of ``python -m bench curves``, by x (subscribers or events/s);
+    the point both curves share (``subs`` x ``rate``) is stored under the subs curve."""
+    p = res["params"]
+    pts = []
+    for scen, body in res.get("scenarios", {}).items():
+        if "summary" not in body:
+            continue
+        _, k, b, _v = scen.split("_", 3) if scen.startswith("curve_") else ("", "", "", "")
+        sm = body["summary"]
+        subs, rate = sm.get("subs", {}).get("median"), sm.get("ev_rate", {}).get("median")
+        if b != batching or subs is None or rate is None:
+            continue
+        if k == kind or (kind == "rate" and k == "subs" and subs == p["subs"] and rate == p["rate"]):
+            x = subs if kind == "subs" else rate
+            pts.append({"x": x, "offered": sm["offered_deliveries"]["median"],
+                        **{key: med(res, scen, key) for key in ("rate", "p99_ms", "server_cpu_pct", "loadgen_cpu_pct")},
+                        "saturated": bool(sm.get("saturated", {}).get("max")),
+                        "client_busy": bool(sm.get("loadgen_saturated", {}).get("max"))})
+    return sorted((q for q in pts if q["rate"] and q["p99_ms"]), key=lambda q: q["x"])
+
+
+def scaling_curves(res: dict[str, Any], out: str) -> None:
+    """bench/results/scaling_subs.png and scaling_rate.png: deliveries/s and p99 against
+    subscribers and against events/s, batched and unbatched; saturated points circled red."""
+    p = res["params"]
+    for kind, fname, xlabel in (
+        ("subs", "scaling_subs.png", f"WebSocket subscribers ({p['rate']:g} events/s)"),
+        ("rate", "scaling_rate.png", f"events/s published ({p['subs']:,} WebSocket subscribers)"),
+    ):
+        curves = {b: _curve(res, kind, b) for b in ("batched", "unbatched")}
+        if not any(curves.values()):
+            continue
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.6))
+        styles = {"batched": ("o-", "#48c", f"batched ({p['interval']:g} s flush, 1 master)"),
+                  "unbatched": ("s-", "#c84", f"unbatched (1 event per POST, {p.get('unbatched_masters', 10)} masters)")}
+        for b, pts in curves.items():
+            if not pts:
+                continue
+            fmt, color, label = styles[b]
+            xs = [q["x"] for q in pts]
+            ax1.errorbar(xs, [q["rate"][0] / 1000 for q in pts],
+                         yerr=[[(q["rate"][0] - q["rate"][1]) / 1000 for q in pts],
+                               [(q["rate"][2] - q["rate"][0]) / 1000 for q in pts]],
+                         fmt=fmt, color=color, label=label, capsize=3)
+            ax2.errorbar(xs, [q["p99_ms"][0] for q in pts],
+                         yerr=[[q["p99_ms"][0] - q["p99_ms"][1] for q in pts],
+                               [q["p99_ms"][2] - q["p99_ms"][0] for q in pts]],
+                         fmt=fmt, color=color, label=f"p99, {b}", capsize=3)
+            for ax, key, scale in ((ax1, "rate", 1000), (ax2, "p99_ms", 1)):
+                sat = [q for q in pts if q["saturated"]]
+                if sat:
+                    ax.scatter([q["x"] for q in sat], [q[key][0] / scale for q in sat], s=160, facecolors="none",
+                               edgecolors="red", linewidths=1.5, zorder=5,
+                               label="server CPU >= 90% (saturated)" if b == "batched" or not any(
+                                   q["saturated"] for q in curves["batched"]) else None)
+            busy = [q for q in pts if q["client_busy"]]
+            if busy:
+                ax1.scatter([q["x"] for q in busy], [q["rate"][0] / 1000 for q in busy], marker="x", s=80,
+                            color="black", zorder=6, label=f"load generator CPU >= 90% ({b})")
+            for q in pts:
+                if q["server_cpu_pct"]:
+                    ax1.annotate(f"{q['server_cpu_pct'][0]:.0f}%", (q["x"], q["rate"][0] / 1000),
+                                 textcoords="offset points", xytext=(4, -12 if b == "batched" else 6), fontsize=7,
+                                 color=color)
+        every = sorted({q["x"] for pts in curves.values() for q in pts})
+        offered = {q["x"]: q["offered"] for pts in curves.values() for q in pts}
+        ax1.plot(every, [offered[x] / 1000 for x in every], ":", color="grey", label="offered")
+        for ax in (ax1, ax2):
+            ax.set_xscale("log")
+            ax.set_xlabel(xlabel)
+            ax.set_xticks(every)
+            ax.set_xticklabels([f"{x:,.0f}" for x in every])
+            ax.minorticks_off()
+        ax1.set_yscale("log")
+        for ax in (ax1, ax2):
+            ax.yaxis.set_major_formatter(PLAIN)
+            ax.yaxis.set_minor_formatter(PLAIN)
+            ax.tick_params(axis="y", which="minor", labelsize=7)
+        ax1.set_ylabel("deliveries/s (thousands; labels: server CPU %)")
+        ax1.set_title("Delivered (server on one core)")
+        ax1.legend(fontsize=7, loc="upper left")
+        ax2.axhline(50, color="grey", ls="--", lw=0.8, label="50 ms")
+        ax2.set_yscale("log")
+        ax2.set_ylabel("p99 publish-to-receive, ms")
+        ax2.set_title("p99 latency")
+        ax2.legend(fontsize=7, loc="upper left")
+        fig.tight_layout()
+        fig.savefig(os.path.join(out, fname), dpi=110)
+        plt.close(fig)
+
+
 def comparison(bb: dict[str, Any], out: str) -> None:
     rows = [("cpu_us_per_delivery", "CPU us per delivery"), ("p99_ms", "p99 latency, ms"),
             ("kb_per_subscriber", "KB RSS per subscriber")]
@@ -124,7 +219,9 @@ def main() -> int:
     with open(path) as f:
         res = json.load(f)
     os.makedirs(out, exist_ok=True)
-    if "params" in res:
+    if "params" in res and any(k.startswith("curve_") for k in res.get("scenarios", {})):
+        scaling_curves(res, out)
+    elif "params" in res:
         latency_vs_load(res, out)
         scaling(res, out)
     bb_path = os.path.join(os.path.dirname(path), "buildbot.json")

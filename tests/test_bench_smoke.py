@@ -28,7 +28,7 @@ def test_bench_smoke_runs_and_produces_numbers(tmp_path: object) -> None:
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "bench", "--smoke", "--name", name,
-             "--only", "ws_fanout,sse_fanout,longpoll,ingest,idle,resume"],
+             "--only", "ws_fanout,ws_unbatched,sse_fanout,longpoll,ingest,ingest_single,idle,resume,startup"],
             cwd=ROOT, capture_output=True, text=True, timeout=240,
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -38,10 +38,19 @@ def test_bench_smoke_runs_and_produces_numbers(tmp_path: object) -> None:
         if os.path.exists(out):
             os.remove(out)
     scen = res["scenarios"]
-    for key in ("ws_fanout", "sse_fanout", "longpoll", "ingest", "idle", "resume"):
+    for key in ("ws_fanout", "ws_unbatched", "sse_fanout", "longpoll", "ingest", "ingest_single", "idle", "resume",
+                "startup"):
         assert "error" not in scen[key], scen[key]
         assert scen[key]["runs"], key
     assert scen["ws_fanout"]["summary"]["deliveries"]["median"] > 0
+    # one event per POST from 10 masters: every POST carried one event, and they were delivered
+    assert scen["ws_unbatched"]["summary"]["deliveries"]["median"] > 0
+    assert scen["ws_unbatched"]["summary"]["ev_per_post"]["median"] == 1
+    assert scen["ws_unbatched"]["summary"]["pub_errors"]["median"] == 0
+    assert scen["ws_unbatched"]["summary"]["loadgen_cpu_pct"]["n"] == 1
+    assert scen["ingest_single"]["summary"]["requests_per_s"]["median"] > 0
+    assert scen["startup"]["summary"]["first_api_correct_s"]["n"] == 1
+    assert scen["startup"]["summary"]["restart_api_correct_s"]["n"] == 1
     assert scen["sse_fanout"]["summary"]["deliveries"]["median"] > 0
     assert scen["longpoll"]["summary"]["polls"]["median"] > 0
     assert scen["ingest"]["summary"]["events_per_s"]["median"] > 0
