@@ -8,8 +8,9 @@ List endpoints accept the stream's filter fields (``builder=linux*&result=failur
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
@@ -29,7 +30,8 @@ from firehose._http import (
 from firehose.event import BUILD_FILTER_FIELDS, REQUEST_FILTER_FIELDS
 from firehose.filters import Filter, FilterError, parse_query
 from firehose.hub import Hub
-from firehose.state import BuildRecord, BuildState, RecordView, RequestRecord, revision_status
+from firehose.pushes import FAILED, GREEN, failures, revision_status, visible
+from firehose.state import BuildRecord, BuildState, RecordView, RequestRecord
 
 _PAGING = ("limit", "offset")
 
@@ -145,22 +147,62 @@ class _Endpoint(ReadResource):
         return {key: out, "next_offset": offset + limit if more else None}
 
 
+def _step(step: dict[str, Any]) -> dict[str, Any]:
+    """A step as the API shows it: its record, and ``state_string``, Buildbot's own status text
+    of the step (``state`` in step events: "compile failed", "7 tests 2 failed")."""
+    return {**step, "state_string": step.get("state")}
+
+
+def _steps(build: BuildRecord) -> list[dict[str, Any]]:
+    return sorted(build["steps"].values(), key=lambda s: (s.get("number") is None, s.get("number") or 0))
+
+
 def _build_summary(build: BuildRecord, now: float, steps: bool = False) -> dict[str, Any]:
     out = {k: v for k, v in build.items() if k not in ("steps", "properties")}
     if not build["finished"] and build.get("started_at") is not None:
         out["elapsed"] = max(0.0, now - build["started_at"])
-    ordered = sorted(build["steps"].values(), key=lambda s: (s.get("number") is None, s.get("number") or 0))
+    ordered = _steps(build)
     current = [s for s in ordered if not s.get("finished") and s.get("started_at") is not None]
     if not build["finished"]:
-        out["current_step"] = dict(current[-1]) if current else None
+        out["current_step"] = _step(current[-1]) if current else None
     if steps:
-        out["steps"] = [dict(s) for s in ordered]
+        out["steps"] = [_step(s) for s in ordered]
         out["properties"] = build["properties"]
     return out
 
 
+#: Results of a step that did not fail (a skipped step did not run, which is no failure).
+_STEP_OK = frozenset({*GREEN, "skipped"})
+
+
+def _failure(build: BuildRecord, state: BuildState) -> dict[str, Any]:
+    """What went wrong in a finished build that did not succeed: its failed steps (result
+    failure or exception; when none, the steps that did not succeed), each with its duration,
+    status text and the tail of its log (when the plugin sends logs), and the build's URL."""
+    ordered = _steps(build)
+    failed = [s for s in ordered if s.get("result") in FAILED]
+    if not failed:
+        failed = [s for s in ordered if s.get("result") is not None and s["result"] not in _STEP_OK]
+    out = []
+    for step in failed:
+        duration = step.get("duration")
+        if duration is None and step.get("started_at") is not None and step.get("complete_at") is not None:
+            duration = step["complete_at"] - step["started_at"]
+        tail = state.log_tail(build["master"], step["stepid"])
+        out.append({
+            "name": step.get("name"),
+            "number": step.get("number"),
+            "result": step.get("result"),
+            "state_string": step.get("state"),
+            "duration": duration,
+            "log_tail": None if tail is None else {"log": tail["log"], "lines": list(tail["lines"]),
+                                                   "truncated": tail["truncated"]},
+        })
+    return {"steps": out, "url": build.get("url")}
+
+
 def _request_summary(request: RequestRecord, now: float) -> dict[str, Any]:
-    out = dict(request)
+    out = {k: v for k, v in request.items() if not k.startswith("_")}
     submitted = request.get("submitted_at")
     if request["status"] == "pending" and submitted is not None:
         out["waited"] = max(0.0, now - submitted)
@@ -224,7 +266,10 @@ class BuildsEndpoint(_Endpoint):
             build = self.state.builds.get((path[0], int(path[1])))
             if build is None:
                 raise NotFound(f"no build {path[1]} of master {path[0]!r} is known")
-            return {"build": _build_summary(build, now, steps=True)}
+            out = _build_summary(build, now, steps=True)
+            if build["finished"] and build.get("result") not in GREEN:
+                out["failure"] = _failure(build, self.state)
+            return {"build": out}
         finished = (b for b in self.state.finished() if flt.matches(RecordView(b, "build")))
         if "revision" not in flt.as_dict():
             return self.page(args, finished, "builds", lambda b: _build_summary(b, now))
@@ -243,8 +288,13 @@ class BuildsEndpoint(_Endpoint):
         return self.page(args, everything(), "builds", dict)
 
 
+#: How many of a builder's newest finished builds its ``duration_p50`` is the median of.
+RECENT_BUILDS = 100
+
+
 class BuildersEndpoint(_Endpoint):
-    """``/api/builders``: every builder seen, with its masters, tags and last finished build."""
+    """``/api/builders``: every builder seen, with its masters, tags, last finished build and
+    the median duration of its recent builds (``duration_p50``)."""
 
     def answer(self, args: dict[str, list[str]], flt: Filter, path: list[str]) -> dict[str, Any]:
         out = []
@@ -258,36 +308,62 @@ class BuildersEndpoint(_Endpoint):
                 "masters": sorted(info["masters"]),
                 "tags": info["tags"],
                 "last_build": _build_summary(last, self.now) if last else None,
+                "duration_p50": self.median_duration(name),
             })
         return {"builders": out}
 
+    def median_duration(self, builder: str) -> float | None:
+        samples = self.state.build_samples.get(builder)
+        if not samples:
+            return None
+        recent = [s[1] for s in itertools.islice(reversed(samples), RECENT_BUILDS)]
+        return float(_stats(recent)["p50"])
+
 
 def _cells(row: dict[str, Any], flt: Filter) -> dict[str, Any]:
-    return {
-        name: {k: v for k, v in cell.items() if not k.startswith("_")}
-        for name, cell in row["builders"].items()
-        if flt.matches(_Name(name))
-    }
+    return {name: visible(cell) for name, cell in row["builders"].items() if flt.matches(_Name(name))}
 
 
 def _revision(row: dict[str, Any], flt: Filter) -> dict[str, Any]:
-    """A pushlog row as the API shows it: its cells, and the revision's ``state``, ``result``
-    and ``green`` (:func:`firehose.state.revision_status`, narrowed by ``builder=``)."""
+    """A pushlog row as the API shows it: its cells, the revision's ``state``, ``result`` and
+    ``green`` (:func:`firehose.pushes.revision_status`, narrowed by ``builder=``) and its
+    ``failures``."""
     out = {k: v for k, v in row.items() if k != "builders"}
     out["builders"] = _cells(row, flt)
-    out["state"], out["result"] = revision_status(row, lambda n: flt.matches(_Name(n)))
-    out["green"] = out["state"] == "done" and out["result"] in ("success", "warnings")
+
+    def counted(name: str) -> bool:
+        return flt.matches(_Name(name))
+
+    out["state"], out["result"] = revision_status(row, counted)
+    out["green"] = out["state"] == "done" and out["result"] in GREEN
+    out["failures"] = failures(row, counted)
     return out
+
+
+#: The longest ``revision=`` asked of ``/api/revisions``.
+MAX_REVISION = 256
 
 
 class RevisionsEndpoint(_Endpoint):
     """``/api/revisions?branch=B``: the pushlog, newest revision first, each builder's result,
-    and each revision's overall ``state`` and ``result``."""
+    and each revision's overall ``state`` and ``result``; ``?revision=R``: the rows of R, in
+    whichever branch (most recently active first)."""
 
-    reserved = (*_PAGING, "branch")
+    reserved = (*_PAGING, "branch", "revision")
 
     def answer(self, args: dict[str, list[str]], flt: Filter, path: list[str]) -> dict[str, Any]:
         branch = single(args, "branch")
+        revision = single(args, "revision")
+        if revision is not None:
+            if not revision or len(revision) > MAX_REVISION:
+                raise ValueError(f"'revision' must be 1 to {MAX_REVISION} characters")
+            rows = [revisions[revision] for name, revisions in reversed(self.state.revisions.items())
+                    if (branch is None or name == branch) and revision in revisions]
+            body = self.page(args, rows, "revisions", lambda row: _revision(row, flt))
+            body["revision"] = revision
+            if branch is not None:
+                body["branch"] = branch
+            return body
         if branch is None:
             return {"branches": list(reversed(self.state.revisions))}
         rows = self.state.branch_revisions(branch)
@@ -353,31 +429,76 @@ class StepTimingsEndpoint(_Endpoint):
         return body
 
 
-class TrendEndpoint(_Endpoint):
-    """``/api/trend?builder=NAME&bucket=SECONDS&window=SECONDS``: a builder's build durations
-    over time, bucketed by start time (count, mean, p50, max per bucket), oldest first."""
+def _bucketed(samples: Iterable[Sequence[Any]], since: float, bucket: float) -> dict[int, list[Sequence[Any]]]:
+    """Samples whose first item (a time) is in the window, by bucket index."""
+    groups: dict[int, list[Sequence[Any]]] = {}
+    for sample in samples:
+        if sample[0] >= since:
+            groups.setdefault(int(sample[0] // bucket), []).append(sample)
+    return groups
+
+
+def _series(groups: Mapping[int, list[Sequence[Any]]], bucket: float, results: bool) -> list[dict[str, Any]]:
+    """Each bucket, oldest first: ``start`` and the statistics of the samples' second item (a
+    duration); with ``results``, the samples' third item is a build's result, and each bucket
+    counts the ``failed`` ones (:data:`firehose.pushes.FAILED`) and their ``failure_rate``."""
+    series = []
+    for index in sorted(groups):
+        stats = _stats([float(s[1]) for s in groups[index]])
+        entry = {"start": index * bucket, "count": stats["count"], "mean": stats["mean"], "p50": stats["p50"],
+                 "p95": stats["p95"], "max": stats["max"]}
+        if results:
+            failed = sum(1 for s in groups[index] if s[2] in FAILED)
+            entry["failed"] = failed
+            entry["failure_rate"] = failed / stats["count"]
+        series.append(entry)
+    return series
+
+
+class _BucketedEndpoint(_Endpoint):
+    """Samples of each builder bucketed by time: per builder, and ``all`` of them together."""
 
     reserved = ("bucket", "window")
+    results = False
+
+    def samples(self) -> Mapping[str, Iterable[Sequence[Any]]]:
+        raise NotImplementedError
 
     def answer(self, args: dict[str, list[str]], flt: Filter, path: list[str]) -> dict[str, Any]:
         bucket = number_arg(args, "bucket", 3600, 60, 30 * 86400)
         window = number_arg(args, "window", 7 * 86400, 60, 366 * 86400)
         since = self.now - window
         out = []
-        for builder, samples in sorted(self.state.build_samples.items()):
+        together: dict[int, list[Sequence[Any]]] = {}
+        for builder, samples in sorted(self.samples().items()):
             if not flt.matches(_Name(builder)):
                 continue
-            buckets: dict[int, list[float]] = {}
-            for started, duration in samples:
-                if started >= since:
-                    buckets.setdefault(int(started // bucket), []).append(duration)
-            series = []
-            for index in sorted(buckets):
-                stats = _stats(buckets[index])
-                series.append({"start": index * bucket, "count": stats["count"], "mean": stats["mean"],
-                               "p50": stats["p50"], "max": stats["max"]})
-            out.append({"builder": builder, "buckets": series})
-        return {"bucket": bucket, "window": window, "builders": out}
+            groups = _bucketed(samples, since, bucket)
+            for index, group in groups.items():
+                together.setdefault(index, []).extend(group)
+            out.append({"builder": builder, "buckets": _series(groups, bucket, self.results)})
+        return {"bucket": bucket, "window": window, "builders": out,
+                "all": {"buckets": _series(together, bucket, self.results)}}
+
+
+class TrendEndpoint(_BucketedEndpoint):
+    """``/api/trend?builder=GLOB&bucket=SECONDS&window=SECONDS``: build durations over time,
+    bucketed by start time (count, mean, p50, p95, max, failed, failure_rate per bucket), oldest
+    first, per builder and for every matched builder together (``all``)."""
+
+    results = True
+
+    def samples(self) -> Mapping[str, Iterable[Sequence[Any]]]:
+        return self.state.build_samples
+
+
+class WaitsEndpoint(_BucketedEndpoint):
+    """``/api/waits?builder=GLOB&bucket=SECONDS&window=SECONDS``: how long requests waited in
+    the queue before their build, bucketed by submission time (count, mean, p50, p95, max),
+    per builder and for every matched builder together (``all``)."""
+
+    def samples(self) -> Mapping[str, Iterable[Sequence[Any]]]:
+        return self.state.wait_samples
 
 
 class MastersEndpoint(_Endpoint):
@@ -404,7 +525,7 @@ class ApiResource(Resource):
             (b"queue", QueueEndpoint), (b"running", RunningEndpoint), (b"builds", BuildsEndpoint),
             (b"builders", BuildersEndpoint), (b"revisions", RevisionsEndpoint),
             (b"lastgreen", LastGreenEndpoint), (b"steps", StepTimingsEndpoint),
-            (b"trend", TrendEndpoint), (b"masters", MastersEndpoint),
+            (b"trend", TrendEndpoint), (b"waits", WaitsEndpoint), (b"masters", MastersEndpoint),
         ]:
             self.putChild(name, endpoint(self))
 

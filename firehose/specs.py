@@ -320,25 +320,90 @@ def _http_schemas() -> dict[str, dict[str, Any]]:
             },
         },
         "Request": _record("A build request.", ("master", "buildrequestid", "status")),
-        "Build": _record("A build (finished or not).", ("master", "buildid", "finished")),
+        "Build": {
+            **_record("A build (finished or not). `/api/builds/{master}/{buildid}` adds `steps`, "
+                      "`properties` and, for a finished build that did not succeed, `failure`.",
+                      ("master", "buildid", "finished")),
+            "properties": {
+                "steps": {"type": "array", "items": _ref("Step")},
+                "failure": _ref("FailureSummary"),
+            },
+        },
+        "Step": {
+            **_record("A step of a build.", ("stepid", "state_string")),
+            "properties": {
+                "stepid": {"type": "integer"},
+                "state_string": {"type": ["string", "null"],
+                                 "description": "Buildbot's own status text of the step (`state` in step events)"},
+            },
+        },
+        "FailureSummary": {
+            "type": "object",
+            "description": "What went wrong (docs/api.md#failure-summaries): the steps that failed "
+            "(result failure or exception; when none, those that did not succeed) and the build's URL.",
+            "required": ["steps", "url"],
+            "properties": {
+                "steps": {"type": "array", "items": {
+                    "type": "object",
+                    "required": ["name", "number", "result", "state_string", "duration", "log_tail"],
+                    "properties": {
+                        "name": {"type": ["string", "null"]},
+                        "number": {"type": ["integer", "null"]},
+                        "result": {"type": ["string", "null"]},
+                        "state_string": {"type": ["string", "null"]},
+                        "duration": {"type": ["number", "null"]},
+                        "log_tail": {"anyOf": [_ref("LogTail"), {"type": "null"}]},
+                    },
+                }},
+                "url": {"type": ["string", "null"], "description": "the build on its Buildbot master"},
+            },
+        },
+        "LogTail": {
+            "type": "object",
+            "description": "The last lines of a step's log (its `stdio` log when it has one): at most "
+            "40 lines and 4 KiB, redacted by the plugin. `truncated`: earlier lines are not kept.",
+            "required": ["log", "lines", "truncated"],
+            "properties": {
+                "log": {"type": "string"},
+                "lines": {"type": "array", "maxItems": 40, "items": {"type": "string", "maxLength": 4096}},
+                "truncated": {"type": "boolean"},
+            },
+        },
         "Builder": {
             "type": "object",
-            "required": ["builder", "masters", "tags", "last_build"],
+            "required": ["builder", "masters", "tags", "last_build", "duration_p50"],
             "properties": {
                 "builder": {"type": "string"},
                 "masters": {"type": "array", "items": {"type": "string"}},
                 "tags": {"type": "array", "items": {"type": "string"}},
                 "last_build": {"anyOf": [_ref("Build"), {"type": "null"}]},
+                "duration_p50": {"type": ["number", "null"],
+                                 "description": "median duration (seconds) of its newest 100 finished builds"},
             },
         },
         "Revision": {
             **_record("A revision of a branch, each builder's cell in `builders`; `state` and `result` "
-                      "say whether the push is done (docs/api.md#is-my-push-done).",
-                      ("builders", "state", "result")),
+                      "say whether the push is done (docs/api.md#is-my-push-done); `failures` lists "
+                      "the counted builds that failed.",
+                      ("builders", "state", "result", "failures")),
             "properties": {
                 "state": {"enum": ["pending", "running", "done"]},
                 "result": {"anyOf": [{"enum": list(RESULT_NAMES.values())}, {"type": "null"}]},
+                "failures": {"type": "array", "items": {
+                    "type": "object", "required": ["builder", "master", "buildid", "result"],
+                    "properties": {"builder": {"type": "string"}, "master": {"type": ["string", "null"]},
+                                   "buildid": {"type": ["integer", "null"]},
+                                   "result": {"enum": ["failure", "exception"]}}}},
             },
+        },
+        "TimeBuckets": {
+            "type": "array",
+            "description": "Buckets with samples, oldest first; `start` is the bucket's start (Unix time).",
+            "items": {"type": "object", "required": ["start", "count", "mean", "p50", "p95", "max"],
+                      "properties": {"start": _NUMBER, "count": {"type": "integer", "minimum": 1},
+                                     "mean": _NUMBER, "p50": _NUMBER, "p95": _NUMBER, "max": _NUMBER,
+                                     "failed": {"type": "integer", "minimum": 0},
+                                     "failure_rate": {"type": "number", "minimum": 0, "maximum": 1}}},
         },
         "StepTiming": {"type": "object", "required": ["builder", "step", *_STAT],
                        "properties": {"builder": {"type": "string"}, "step": {"type": "string"}, **_STAT}},
@@ -500,6 +565,17 @@ def _get(summary: str, schema: dict[str, Any], params: list[dict[str, Any]] | No
     }}
 
 
+def _buckets(description: str) -> dict[str, Any]:
+    """The answer of ``/api/trend`` and ``/api/waits``."""
+    return _answer(description, {
+        "bucket": _NUMBER, "window": _NUMBER,
+        "builders": {"type": "array", "items": {
+            "type": "object", "required": ["builder", "buckets"],
+            "properties": {"builder": {"type": "string"}, "buckets": _ref("TimeBuckets")}}},
+        "all": {"type": "object", "required": ["buckets"], "properties": {"buckets": _ref("TimeBuckets")}},
+    }, ("bucket", "window", "builders", "all"))
+
+
 def _api_paths() -> dict[str, Any]:
     paging = [{"$ref": "#/components/parameters/limit"}, {"$ref": "#/components/parameters/offset"}]
     builder = [{"$ref": "#/components/parameters/filter.builder"}]
@@ -510,6 +586,12 @@ def _api_paths() -> dict[str, Any]:
         "type": "object", "required": ["pending", "oldest_waited"],
         "properties": {"pending": {"type": "integer"}, "oldest_waited": _NUMBER}}}
     total = {"type": "integer", "description": "matching items in all pages"}
+    bucketed: list[dict[str, Any]] = [
+        *builder,
+        {"name": "bucket", "in": "query", "description": "seconds per bucket (default 3600)",
+         "schema": {"type": "number", "minimum": 60, "maximum": 30 * 86400}},
+        {**window, "schema": {"type": "number", "minimum": 60, "maximum": 366 * 86400}},
+    ]
     return {
         "/api": _get("the endpoints", _answer("The /api endpoints.", {
             "endpoints": {"type": "array", "items": {"type": "string"}}}, ("endpoints",)),
@@ -543,9 +625,14 @@ def _api_paths() -> dict[str, Any]:
             {"oneOf": [
                 _answer("The branches known, most recently active first.",
                         {"branches": {"type": "array", "items": {"type": "string"}}}, ("branches",)),
-                _list("revisions", "Revision", "The branch's revisions.", branch={"type": "string"}),
+                _list("revisions", "Revision", "The branch's revisions (with `revision=`: that revision's rows).",
+                      branch={"type": "string"}, revision={"type": "string"}),
             ]},
-            [{**branch, "description": "the branch of the pushlog"}, *builder, *paging], op="revisions"),
+            [{**branch, "description": "the branch of the pushlog"},
+             {"name": "revision", "in": "query", "description": "the rows of this revision (exact), in any "
+              "branch (or in `branch`): is one push done", "schema": {"type": "string", "minLength": 1,
+                                                                       "maxLength": 256}},
+             *builder, *paging], op="revisions"),
         "/api/lastgreen": _get(
             "the newest revision of the branch whose counted builders all succeeded",
             _answer("`revision` is null when none is green.", {
@@ -559,21 +646,14 @@ def _api_paths() -> dict[str, Any]:
                                 "schema": {"enum": ["total", "mean", "p50", "p95", "max", "count"]}}, *paging],
             op="steps"),
         "/api/trend": _get(
-            "build durations over time, bucketed by start time, oldest first",
-            _answer("Per builder, its buckets.", {
-                "bucket": _NUMBER, "window": _NUMBER,
-                "builders": {"type": "array", "items": {
-                    "type": "object", "required": ["builder", "buckets"],
-                    "properties": {"builder": {"type": "string"}, "buckets": {"type": "array", "items": {
-                        "type": "object", "required": ["start", "count", "mean", "p50", "max"],
-                        "properties": {"start": _NUMBER, "count": {"type": "integer"}, "mean": _NUMBER,
-                                       "p50": _NUMBER, "max": _NUMBER}}}}}}},
-                ("bucket", "window", "builders")),
-            [*builder,
-             {"name": "bucket", "in": "query", "description": "seconds per bucket (default 3600)",
-              "schema": {"type": "number", "minimum": 60, "maximum": 30 * 86400}},
-             {**window, "schema": {"type": "number", "minimum": 60, "maximum": 366 * 86400}}],
-            op="trend"),
+            "build durations over time, bucketed by start time, oldest first; with failures",
+            _buckets("Per builder, its buckets (each with `failed` and `failure_rate`), and `all`: the "
+                     "matched builders together."),
+            bucketed, op="trend"),
+        "/api/waits": _get(
+            "queue waits over time: how long requests waited for their build, by submission time",
+            _buckets("Per builder, its buckets of waits (seconds), and `all`: the matched builders together."),
+            bucketed, op="waits"),
         "/api/masters": _get(
             "masters (status, last heartbeat) and workers",
             _answer("Masters and workers.", {

@@ -24,17 +24,24 @@ from twisted.internet import defer
 
 from firehose.event import Event, field_values
 from firehose.journal import IJournal
+from firehose.pushes import (
+    GREEN,
+    REVISION_STATES,
+    WORST_FIRST,
+    build_cell,
+    is_green,
+    pending_cell,
+    place,
+    request_cell,
+    request_status,
+    revision_status,
+    worst,
+)
 
-#: Results that make a build count as green: success and warnings (the build did its job).
-GREEN = frozenset({"success", "warnings"})
-
-#: Buildbot's results, worst first (as ``buildbot.process.results.worst_status`` orders them):
-#: the overall result of a revision is the worst of its builds'.
-WORST_FIRST = ("cancelled", "retry", "exception", "failure", "warnings", "success", "skipped")
-
-#: A revision's states: ``pending`` (requested, no build started), ``running`` (some build
-#: running or still queued), ``done`` (every counted build finished).
-REVISION_STATES = ("pending", "running", "done")
+#: What "is this push done" means lives in firehose.pushes (shared with firehose wait); its
+#: names stay importable from here.
+__all__ = ["GREEN", "REVISION_STATES", "WORST_FIRST", "BuildRecord", "BuildState", "RecordView", "RequestRecord",
+           "revision_status", "worst"]
 
 Key = tuple[str, int]
 
@@ -60,47 +67,6 @@ class RecordView:
             # well as the one it checked out (``got_revision``), as the pushlog files it.
             values += (str(self.record["pushed_revision"]),)
         return values
-
-
-def worst(results: Iterable[str | None]) -> str | None:
-    """The worst of Buildbot results (:data:`WORST_FIRST`); a result Buildbot does not name
-    ranks with ``exception``; ``None`` when there is none."""
-    rank = {name: i for i, name in enumerate(WORST_FIRST)}
-    known = [r for r in results if r is not None]
-    return min(known, key=lambda r: rank.get(r, rank["exception"]), default=None)
-
-
-def revision_status(row: dict[str, Any], builders: Any = None) -> tuple[str, str | None]:
-    """``(state, result)`` of a pushlog row: the one definition of "is this push done, and how
-    did it go", which ``/api/revisions``, ``/api/lastgreen`` and ``is_green`` share.
-
-    The **counted** cells are each builder's newest build or request for the revision
-    (``builders``, a predicate on names, narrows them), leaving out a request cancelled or
-    collapsed (``skipped``) before it got a build: it was superseded.  A build that ended in
-    ``retry`` counts as queued (Buildbot runs it again).  Then:
-
-    * ``pending``: nothing counted has started (every counted cell is a queued request), or
-      nothing has been requested yet; ``result`` is ``None``;
-    * ``running``: some counted build is running or still queued while another has started or
-      finished; ``result`` is ``None``;
-    * ``done``: every counted build finished; ``result`` is the worst of their results.  When
-      nothing counts but superseded requests, the revision is ``done`` with ``cancelled`` or
-      ``skipped``.
-
-    A revision is green when it is ``done`` with ``success`` or ``warnings``.
-    """
-    cells = [cell for name, cell in row["builders"].items() if builders is None or builders(name)]
-    counted = [c for c in cells if c["state"] not in ("cancelled", "skipped")]
-    if not counted:
-        superseded = [c["state"] for c in cells]
-        return ("done", worst(superseded)) if superseded else ("pending", None)
-    waiting = [c for c in counted if c["state"] == "pending" or (c["state"] == "finished" and c["result"] == "retry")]
-    finished = [c for c in counted if c["state"] == "finished" and c not in waiting]
-    if len(waiting) == len(counted):
-        return "pending", None
-    if len(finished) < len(counted):
-        return "running", None
-    return "done", worst(c["result"] or "exception" for c in finished)
 
 
 def _merge(record: dict[str, Any], data: dict[str, Any], keys: Iterable[str]) -> None:
@@ -140,9 +106,12 @@ def _requested_revision(data: dict[str, Any]) -> str | None:
 #: How many of the oldest entries eviction looks at for a finished one.
 _SCAN = 256
 
-_REQUEST_STATUS = {"submitted": "pending", "claimed": "claimed", "completed": "completed",
-                   "cancelled": "cancelled"}
-_STATUS_ORDER = {"pending": 0, "claimed": 1, "completed": 2, "cancelled": 2}
+#: The bounds of a step's log tail (``BuildState.log_tails``): its last lines, and at most
+#: this many bytes of them (UTF-8).
+TAIL_LINES = 40
+TAIL_BYTES = 4096
+#: Results of a step that succeeded: its log tail is dropped when it finishes.
+_STEP_OK = frozenset({*GREEN, "skipped"})
 
 
 class BuildState:
@@ -150,7 +119,10 @@ class BuildState:
 
     :param max_builds: finished builds remembered (the oldest are forgotten first).
     :param max_revisions: revisions remembered per branch.
-    :param max_samples: step-timing and build-time samples kept per builder (and step).
+    :param max_samples: step-timing, build-time and queue-wait samples kept per builder (and
+        step).
+    :param max_failed_tails: log tails of finished steps that did not succeed, kept in all
+        (the newest); :param max_live_tails: those of running steps.
     """
 
     def __init__(
@@ -160,12 +132,16 @@ class BuildState:
         max_revisions: int = 500,
         max_branches: int = 200,
         max_samples: int = 2_000,
+        max_failed_tails: int = 2_000,
+        max_live_tails: int = 1_000,
     ) -> None:
         self.max_builds = max_builds
         self.max_requests = max_requests
         self.max_revisions = max_revisions
         self.max_branches = max_branches
         self.max_samples = max_samples
+        self.max_failed_tails = max_failed_tails
+        self.max_live_tails = max_live_tails
         #: Offset of the last event applied: the cursor every answer reflects.
         self.offset = 0
         self.builds: OrderedDict[Key, BuildRecord] = OrderedDict()
@@ -176,8 +152,15 @@ class BuildState:
         self.builders: dict[str, dict[str, Any]] = {}
         #: (builder, step name) -> samples of (complete_at, duration).
         self.step_samples: dict[tuple[str, str], deque[tuple[float, float]]] = {}
-        #: builder -> samples of (started_at, duration) of finished builds.
-        self.build_samples: dict[str, deque[tuple[float, float]]] = {}
+        #: builder -> samples of (started_at, duration, result) of finished builds.
+        self.build_samples: dict[str, deque[tuple[float, float, str | None]]] = {}
+        #: builder -> samples of (submitted_at, wait) of requests that got a build: how long
+        #: each waited in the queue (until claimed, or else until its build started).
+        self.wait_samples: dict[str, deque[tuple[float, float]]] = {}
+        #: (master, stepid) -> the tail of the step's log (``log``, ``lines``, ``bytes``,
+        #: ``truncated``): of running steps, and of finished steps that did not succeed.
+        self.live_tails: OrderedDict[Key, dict[str, Any]] = OrderedDict()
+        self.failed_tails: OrderedDict[Key, dict[str, Any]] = OrderedDict()
         self.masters: dict[str, dict[str, Any]] = {}
         self.workers: dict[str, dict[str, Any]] = {}
 
@@ -248,7 +231,9 @@ class BuildState:
             if duration is None and started is not None:
                 duration = build["complete_at"] - started
             if started is not None and duration is not None:
-                self._sample(self.build_samples, build["builder"], (started, float(duration)))
+                self._sample(self.build_samples, build["builder"], (started, float(duration), build.get("result")))
+            self._keep_tails(build)
+        self._sample_wait(build)
         requested = _requested_revision(data)
         if requested:
             build["pushed_revision"] = requested
@@ -275,6 +260,7 @@ class BuildState:
                         self.step_samples, (data["builder"], str(data["name"])),
                         (step.get("complete_at") or time, float(duration)),
                     )
+                self._step_finished((master, step["stepid"]), step.get("result"))
         self._cell(build.get("branch"), build.get("pushed_revision") or build.get("revision"),
                    data["builder"], time, build=build)
 
@@ -287,12 +273,9 @@ class BuildState:
         _merge(request, data, _REQUEST_FIELDS)
         if request.get("submitted_at") is None:
             request["submitted_at"] = time
-        new_status: str = _REQUEST_STATUS.get(verb) or request["status"]
         # Statuses only move forward: a late "claimed" does not reopen a completed request.
-        if _STATUS_ORDER[new_status] >= _STATUS_ORDER[request["status"]]:
-            request["status"] = new_status
-        if request["status"] != "claimed":
-            self._cell(request.get("branch"), request.get("revision"), data["builder"], time, request=request)
+        request["status"] = request_status(request["status"], verb)
+        self._cell(request.get("branch"), request.get("revision"), data["builder"], time, request=request)
 
     def _on_buildset(self, verb: str, master: str, data: dict[str, Any], time: float) -> None:
         if verb == "submitted":
@@ -305,6 +288,69 @@ class BuildState:
             for key in ("author", "comments", "revlink", "repository", "project"):
                 if data.get(key) is not None:
                     row[key] = data[key]
+
+    def _on_log(self, verb: str, master: str, data: dict[str, Any], time: float) -> None:
+        """``log.lines``: the tail of the step's log (its ``stdio`` log when it has one), kept
+        while the step runs and, once it finished, only if it did not succeed."""
+        lines = data.get("lines")
+        if verb != "lines" or not isinstance(lines, list) or not lines:
+            return
+        key = (master, int(data["stepid"]))
+        build = self.builds.get((master, int(data["buildid"])))
+        step = build["steps"].get(key[1]) if build is not None else None
+        if step is not None and step.get("finished"):
+            if step.get("result") in _STEP_OK:
+                return
+            table, limit = self.failed_tails, self.max_failed_tails
+        else:
+            table, limit = self.live_tails, self.max_live_tails
+        name = str(data.get("name") or "")
+        tail = table.get(key)
+        if tail is not None and tail["log"] != name:
+            if name != "stdio" or tail["log"] == "stdio":
+                return  # the tail follows one log: stdio, or else the first one seen
+            tail = None
+        if tail is None:
+            tail = table[key] = {"log": name, "lines": [], "bytes": 0, "truncated": False, "next": 0}
+            while len(table) > limit:
+                table.popitem(last=False)
+        _extend_tail(tail, lines, data.get("first_line"))
+
+    def _step_finished(self, key: Key, result: str | None) -> None:
+        tail = self.live_tails.pop(key, None)
+        if tail is not None and result not in _STEP_OK:
+            self.failed_tails[key] = tail
+            while len(self.failed_tails) > self.max_failed_tails:
+                self.failed_tails.popitem(last=False)
+
+    def _keep_tails(self, build: BuildRecord) -> None:
+        """A build finished: the tails of steps it left unfinished go (or are kept, as failed
+        steps', when the build did not succeed)."""
+        for stepid, step in build["steps"].items():
+            if not step.get("finished"):
+                key = (build["master"], stepid)
+                self._step_finished(key, build.get("result") if build.get("result") not in _STEP_OK else "success")
+
+    def _sample_wait(self, build: BuildRecord) -> None:
+        """The first build of a request ends its wait in the queue: sample it, once."""
+        brid = build.get("buildrequestid")
+        if not isinstance(brid, int):
+            return
+        request = self.requests.get((build["master"], brid))
+        if request is None or request.get("_waited"):
+            return
+        end = request.get("claimed_at") or build.get("started_at")
+        submitted = request.get("submitted_at")
+        if end is None or submitted is None:
+            return
+        request["_waited"] = True
+        self._sample(self.wait_samples, request.get("builder") or build["builder"],
+                     (float(submitted), max(0.0, float(end) - float(submitted))))
+
+    def log_tail(self, master: str, stepid: int) -> dict[str, Any] | None:
+        """The kept tail of a step's log, or ``None``."""
+        key = (master, stepid)
+        return self.failed_tails.get(key) or self.live_tails.get(key)
 
     def _on_worker(self, verb: str, master: str, data: dict[str, Any], time: float) -> None:
         self.workers[data["worker"]] = {"worker": data["worker"], "master": master,
@@ -364,34 +410,19 @@ class BuildState:
         row = self._revision(branch, revision, time)
         if row is None:
             return
-        cell = row["builders"].get(builder)
         if build is not None:
-            # The newest build of the builder for this revision decides its cell (a rebuild
-            # after a failure or a retry replaces the older one).
-            order = (build.get("started_at") or 0, build["buildid"])
-            if cell is None or "buildid" not in cell or order >= cell["_order"]:
-                row["builders"][builder] = {
-                    "state": "finished" if build["finished"] else "running",
-                    "result": build.get("result"),
-                    "master": build["master"],
-                    "buildid": build["buildid"],
-                    "number": build.get("number"),
-                    "_order": order,
-                }
+            cell = build_cell(build["master"], build["buildid"], build.get("number"), build["finished"],
+                              build.get("result"), build.get("started_at"), build.get("buildrequestid"))
         elif request is not None:
-            if cell is None or "buildid" not in cell:
-                status = request["status"]
-                if status == "completed":
-                    # Completed without a build: collapsed into a newer request (skipped), or
-                    # failed before starting.
-                    skipped = request.get("result") in (None, "skipped")
-                    state, result = ("skipped", None) if skipped else ("finished", request.get("result"))
-                else:
-                    state, result = ("cancelled" if status == "cancelled" else "pending"), None
-                row["builders"][builder] = {"state": state, "result": result, "master": request["master"],
-                                            "buildrequestid": request["buildrequestid"]}
-        elif pending and cell is None:
-            row["builders"][builder] = {"state": "pending", "result": None}
+            cell = request_cell(request["master"], request["buildrequestid"], request["status"],
+                                request.get("result"))
+        elif pending:
+            cell = pending_cell()
+        else:
+            return
+        # The newest build of the builder for this revision (or, before one started, its newest
+        # request) decides its cell: firehose.pushes.place, which firehose wait uses too.
+        place(row["builders"], builder, cell)
 
     # Bounds.
 
@@ -423,7 +454,7 @@ class BuildState:
         for key in victims:
             del table[key]
 
-    def _sample(self, table: dict[Any, deque[tuple[float, float]]], key: Any, sample: tuple[float, float]) -> None:
+    def _sample(self, table: dict[Any, Any], key: Any, sample: tuple[Any, ...]) -> None:
         samples = table.get(key)
         if samples is None:
             samples = table[key] = deque(maxlen=self.max_samples)
@@ -460,5 +491,32 @@ class BuildState:
         with no counted builder, or one still pending or running, is not green.  A request
         cancelled or collapsed before it got a build does not count (it was superseded).
         """
-        state, result = revision_status(row, builders)
-        return state == "done" and result in GREEN
+        return is_green(row, builders)
+
+
+def _extend_tail(tail: dict[str, Any], lines: list[Any], first_line: Any) -> None:
+    """Add a chunk of log lines to a tail, keeping the last :data:`TAIL_LINES` lines and at most
+    :data:`TAIL_BYTES` bytes; ``truncated`` says lines of the log before them are not kept."""
+    if isinstance(first_line, int) and first_line > tail["next"]:
+        tail["truncated"] = True  # lines between the last chunk and this one were never seen
+    if isinstance(first_line, int):
+        tail["next"] = max(tail["next"], first_line + len(lines))
+    if len(lines) > TAIL_LINES:
+        tail["truncated"] = True
+    kept: list[str] = tail["lines"]
+    for line in lines[-TAIL_LINES:]:
+        text = line if isinstance(line, str) else str(line)
+        size = len(text.encode("utf-8", "replace"))
+        if size > TAIL_BYTES:
+            text = text.encode("utf-8", "replace")[:TAIL_BYTES].decode("utf-8", "ignore")
+            size = len(text.encode("utf-8"))
+            tail["truncated"] = True
+        kept.append(text)
+        tail["bytes"] += size
+    drop = 0
+    while len(kept) - drop > TAIL_LINES or tail["bytes"] > TAIL_BYTES:
+        tail["bytes"] -= len(kept[drop].encode("utf-8", "replace"))
+        drop += 1
+    if drop:
+        del kept[:drop]
+        tail["truncated"] = True
