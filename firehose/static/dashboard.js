@@ -21,6 +21,7 @@
     connection: $("connection"), table: $("pushlog"), empty: $("empty"), lastgreen: $("lastgreen"),
     running: $("running"), runningCount: $("running-count"), queue: $("queue"), queueCount: $("queue-count"),
     details: $("details"), detailsTitle: $("details-title"), detailsBody: $("details-body"),
+    toasts: $("toasts"),
   };
   const model = {
     rows: [],                 // revisions of view.branch, newest first: {revision, time, author, comments, builders}
@@ -58,6 +59,8 @@
     if (!view.branch) view.branch = ["main", "master", "trunk"].find((b) => branches.includes(b)) || branches[0] || "main";
     ui.branch.innerHTML = [...new Set([view.branch, ...branches])]
       .map((b) => `<option${b === view.branch ? " selected" : ""}>${esc(b)}</option>`).join("");
+    ui.branch.title = `${branches.length} branch${branches.length === 1 ? "" : "es"} seen: those with a change, a request or a build`
+      + " the firehose still remembers, most recently active first";
     const q = filterQuery();
     const answers = await Promise.all([
       api(`/api/revisions?branch=${enc(view.branch)}&limit=${view.limit}&${q}`),
@@ -68,7 +71,9 @@
     const [revs, running, queue, builders] = answers;
     model.rows = []; model.rowByRevision.clear(); model.builders.clear();
     model.running.clear(); model.queue.clear();
-    for (const b of builders.builders) model.builders.set(b.builder, { tags: b.tags || [], masters: b.masters || [] });
+    for (const b of builders.builders) {
+      model.builders.set(b.builder, { tags: b.tags || [], masters: b.masters || [], median: b.duration_p50 ?? null });
+    }
     for (const row of revs.revisions) {
       model.rows.push(row); model.rowByRevision.set(row.revision, row);
       for (const name of Object.keys(row.builders)) knowBuilder(name);
@@ -79,6 +84,7 @@
     model.cursor = answers.map((a) => a.cursor).sort((a, b) => offsetOf(a) - offsetOf(b))[0];
     await refreshLastGreen();
     renderGrid(); renderRunning(); renderQueue();
+    for (const rev of Object.keys(watches.all())) askRevision(rev);   // watched pushes, on screen or not
   }
 
   let greenTimer = null;
@@ -97,12 +103,133 @@
     if (tr) tr.classList.add("green");
   }
 
+
+  // --- A revision's overall state, and watched pushes -----------------------------------------
+  // The state (pending, running, done), result and failures of a revision are the server's
+  // (firehose revision_status, the one definition `firehose wait` shares): the page never
+  // computes them. It asks /api/revisions?revision= again, debounced, when an event of that
+  // revision arrives.
+
+  function revisionsOf(d) {
+    const out = new Set();
+    if (d.revision) out.add(d.revision);
+    for (const st of d.sourcestamps || []) if (st && st.revision) out.add(st.revision);
+    if (d.properties && typeof d.properties.got_revision === "string") out.add(d.properties.got_revision);
+    return out;
+  }
+
+  const watches = {                                           // revision -> {branch, builder, notified, at}
+    key: "firehose-watched",
+    all() {
+      try { return JSON.parse(localStorage.getItem(this.key) || "{}") || {}; } catch (e) { return {}; }
+    },
+    get(rev) { return this.all()[rev] || null; },
+    put(rev, w) {
+      const all = this.all();
+      if (w) all[rev] = w; else delete all[rev];
+      try { localStorage.setItem(this.key, JSON.stringify(all)); } catch (e) { /* private mode: this page only */ }
+    },
+  };
+
+  const asking = new Map();                                   // revision -> timer
+  const watchChecks = {};                                     // revision -> answers applied (for tests)
+  const ASK_MS = 300;
+  function askRevision(rev) {
+    if (asking.has(rev)) return;
+    asking.set(rev, setTimeout(async () => {
+      const w = watches.get(rev);
+      const builder = w ? w.builder : view.builder;
+      try {
+        const q = new URLSearchParams({ revision: rev });
+        if (builder) q.set("builder", builder);
+        const answer = await api(`/api/revisions?${q}`);
+        asking.delete(rev);
+        const rows = answer.revisions || [];
+        const branch = w ? w.branch : view.branch;
+        const status = rows.find((r) => r.branch === branch) || rows[0];
+        if (!status) return;
+        const row = model.rowByRevision.get(rev);
+        if (row && (!w || w.builder === view.builder)) {
+          for (const k of ["state", "result", "failures", "green"]) row[k] = status[k];
+          paintRevision(row);
+        }
+        if (w) settleWatch(rev, status);
+        watchChecks[rev] = (watchChecks[rev] || 0) + 1;
+      } catch (e) {
+        asking.delete(rev);
+      }
+    }, ASK_MS));
+  }
+
+  function settleWatch(rev, status) {
+    const w = watches.get(rev);
+    if (!w || w.notified || status.state !== "done") return;
+    w.notified = true;                                        // before telling: exactly once, even across tabs
+    watches.put(rev, w);
+    const failed = status.failures || [];
+    const title = `push ${rev.slice(0, 12)} is done: ${failed.length ? `${failed.length} failed` : status.result || "done"}`;
+    const body = failed.length ? `failed: ${[...new Set(failed.map((f) => f.builder))].join(", ")}` : "every build finished green";
+    if (w.already) { toast(`${title} (it was done when you asked)`, body); return; }
+    let shown = false;
+    if ("Notification" in window && Notification.permission === "granted") {
+      try { new Notification(title, { body, tag: `firehose-${rev}` }); shown = true; } catch (e) { shown = false; }
+    }
+    if (!shown) toast(title, body);
+  }
+
+  function toast(title, body) {
+    const el = document.createElement("div");
+    el.className = "toast";
+    el.innerHTML = `<strong>${esc(title)}</strong><br>${esc(body)} <button type="button" aria-label="Dismiss">×</button>`;
+    el.querySelector("button").addEventListener("click", () => el.remove());
+    ui.toasts.append(el);
+  }
+
+  function toggleWatch(rev) {
+    if (watches.get(rev)) {
+      watches.put(rev, null);
+    } else {
+      // Permission is asked only here, when the user asks to be notified.
+      if ("Notification" in window && Notification.permission === "default") {
+        try { Notification.requestPermission().catch(() => {}); } catch (e) { /* old API: no promise */ }
+      }
+      const row = model.rowByRevision.get(rev);
+      watches.put(rev, { branch: view.branch, builder: view.builder, notified: false, at: Date.now(),
+        already: !!(row && row.state === "done") });
+      askRevision(rev);
+    }
+    const row = model.rowByRevision.get(rev);
+    if (row) paintRevision(row);
+  }
+
+  function revisionHTML(row) {
+    const who = row.author ? ` — ${esc(row.author)}` : "";
+    const st = row.state || "pending";
+    const label = st === "done" ? (row.green ? "done ✔" : `done: ${row.result || "?"}`) : st;
+    const failed = row.failures || [];
+    const names = [...new Set(failed.map((f) => f.builder))];
+    const fails = failed.length
+      ? ` <span class="failures" title="failed: ${esc(names.join(", "))}">✖ ${failed.length}: ${esc(names.join(", "))}</span>` : "";
+    const watched = !!watches.get(row.revision);
+    return `<span class="revtext">${esc(row.revision.slice(0, 12))}${who}</span>`
+      + ` <span class="status ${esc(st === "done" ? (row.green ? "success" : row.result || "") : st)}" data-state="${esc(st)}"`
+      + ` data-result="${esc(row.result || "")}">${esc(label)}</span>${fails}`
+      + ` <button type="button" class="watch" aria-pressed="${watched}" data-rev="${esc(row.revision)}"`
+      + ` title="${watched ? "Watching: click to stop" : "Notify me when every build of this push has finished"}"`
+      + ` aria-label="${watched ? "stop watching" : "notify me when done"} ${esc(row.revision.slice(0, 12))}">${watched ? "watching" : "notify me"}</button>`;
+  }
+
+  function paintRevision(row) {
+    const th = ui.table.querySelector(`tr[data-rev="${CSS.escape(row.revision)}"] th.rev`);
+    if (th) th.innerHTML = revisionHTML(row);
+  }
+
   // --- Applying events -----------------------------------------------------------------------
 
   function knowBuilder(name, tags, master) {
     let b = model.builders.get(name);
     const isNew = !b;
-    if (!b) { b = { tags: [], masters: [] }; model.builders.set(name, b); }
+    if (!b) { b = { tags: [], masters: [], median: null }; model.builders.set(name, b); }
     if (tags && tags.length) b.tags = tags;
     if (master && !b.masters.includes(master)) b.masters.push(master);
     if (isNew) scheduleRender();
@@ -117,6 +244,7 @@
       model.rows.sort((a, b) => b.time - a.time);
       if (model.rows.length > view.limit) model.rowByRevision.delete(model.rows.pop().revision);
       scheduleRender();
+      askRevision(revision);
     }
     if (extra) for (const k of ["author", "comments", "revlink"]) if (extra[k] != null) row[k] = extra[k];
     return row;
@@ -148,6 +276,9 @@
   function apply(ev) {
     const d = ev.data || {};
     const [entity, verb] = ev.type.split(".");
+    if (entity === "build" || entity === "request" || entity === "buildset") {
+      for (const rev of revisionsOf(d)) if (model.rowByRevision.has(rev) || watches.get(rev)) askRevision(rev);
+    }
     if (entity === "build") {
       const key = `${ev.master}/${d.buildid}`;
       const finished = verb === "finished";
@@ -252,7 +383,11 @@
     grid.rows = model.rows.slice(0, view.limit);
     ui.empty.hidden = grid.rows.length > 0;
     const out = ['<thead><tr class="groups"><th scope="col" rowspan="2" class="rev">revision</th>'];
-    for (const g of groups) out.push(`<th scope="colgroup" colspan="${g.count}">${esc(g.name)}</th>`);
+    // A narrow group's label is cut (its full name in the tooltip), never drawn over its neighbour's.
+    for (const g of groups) out.push(`<th scope="colgroup" colspan="${g.count}" title="${esc(g.name)}"><div class="glabel">${esc(g.name)}</div></th>`);
+    // The rotated names are only as tall as the longest of them needs (at most 9rem).
+    const longest = Math.max(4, ...names.map((n) => n.length));
+    ui.table.style.setProperty("--names-height", `${Math.min(144, Math.ceil(longest * 7.3) + 10)}px`);
     out.push('</tr><tr class="builders">');
     for (const n of names) out.push(`<th scope="col" title="${esc(n)}"><span>${esc(n)}</span></th>`);
     out.push("</tr></thead><tbody></tbody>");
@@ -280,9 +415,8 @@
     const out = [spacer(a)];
     for (let i = a; i < b; i++) {
       const row = grid.rows[i];
-      const who = row.author ? ` — ${esc(row.author)}` : "";
       out.push(`<tr data-rev="${esc(row.revision)}" aria-rowindex="${i + 3}"${row.revision === model.lastGreen ? ' class="green"' : ""}>`);
-      out.push(`<th scope="row" class="rev" title="${esc(row.comments || "")}">${esc(row.revision.slice(0, 12))}${who}</th>`);
+      out.push(`<th scope="row" class="rev" title="${esc(row.comments || "")}">${revisionHTML(row)}</th>`);
       for (const n of grid.names) out.push(cellHTML(row, n));
       out.push("</tr>");
     }
@@ -304,7 +438,28 @@
   function cellDescription(row, name, c) {
     if (!c) return `${name} at ${row.revision.slice(0, 12)}: not built`;
     const what = c.state === "finished" ? (c.result || "finished") : c.state;
-    return `${name} at ${row.revision.slice(0, 12)}: ${what}${c.number != null ? ` (build ${c.number})` : ""}`;
+    return `${name} at ${row.revision.slice(0, 12)}: ${what}${c.number != null ? ` (build ${c.number})` : ""}${runningText(name, c)}`;
+  }
+
+  // A running build's elapsed time against its builder's median build duration.
+  function startedAt(c) {
+    const b = c && c.buildid != null ? model.running.get(`${c.master}/${c.buildid}`) : null;
+    return (b && b.started_at) || (c && c.started_at) || null;
+  }
+  function runningText(name, c) {
+    if (!c || c.state !== "running") return "";
+    const t = startedAt(c);
+    if (!t) return "";
+    const median = (model.builders.get(name) || {}).median;
+    const elapsed = Date.now() / 1000 - t;
+    return `, ${fmtDuration(elapsed)} elapsed` + (median ? ` of a ${fmtDuration(median)} median` : "");
+  }
+  function progressStyle(name, c) {
+    if (!c || c.state !== "running") return "";
+    const t = startedAt(c), median = (model.builders.get(name) || {}).median;
+    if (!t || !median) return "";
+    const p = Math.min(100, Math.max(0, (100 * (Date.now() / 1000 - t)) / median));
+    return `--progress:${p.toFixed(1)}%`;
   }
 
   function cellClass(c) {
@@ -317,7 +472,7 @@
     const cls = cellClass(c);
     const build = c && c.buildid != null ? ` data-build="${esc(c.master)}/${c.buildid}"` : "";
     return `<td class="cell ${cls}" role="gridcell" tabindex="-1" data-rev="${esc(row.revision)}" data-builder="${esc(name)}"`
-      + ` data-state="${esc(cls)}"${build} aria-label="${esc(cellDescription(row, name, c))}" title="${esc(cellDescription(row, name, c))}">`
+      + ` data-state="${esc(cls)}"${build} style="${progressStyle(name, c)}" aria-label="${esc(cellDescription(row, name, c))}" title="${esc(cellDescription(row, name, c))}">`
       + `${c ? LETTERS[cls] || "?" : ""}</td>`;
   }
 
@@ -336,6 +491,7 @@
     const label = cellDescription(row, name, c);
     td.setAttribute("aria-label", label);
     td.title = label;
+    td.setAttribute("style", progressStyle(name, c));
   }
 
   function fmtDuration(s) {
@@ -359,8 +515,10 @@
     ui.runningCount.textContent = `(${builds.length})`;
     ui.running.innerHTML = builds.map((b) => {
       const step = b.current_step ? ` · ${esc(b.current_step.name)}` : "";
+      const median = (model.builders.get(b.builder) || {}).median;
       return `<li data-build="${esc(b.master)}/${b.buildid}"><span><strong>${esc(b.builder)}</strong> #${esc(b.number)}${step}</span>`
-        + `<span class="meta elapsed" data-started="${b.started_at || ""}">${fmtDuration(b.started_at ? now - b.started_at : null)}</span></li>`;
+        + `<span class="meta"><span class="elapsed" data-started="${b.started_at || ""}">${fmtDuration(b.started_at ? now - b.started_at : null)}</span>`
+        + `${median ? ` <span class="median" title="the builder's median build duration">/ ~${fmtDuration(median)}</span>` : ""}</span></li>`;
     }).join("");
   }
 
@@ -379,6 +537,10 @@
       const t = Number(el.dataset.started);
       if (t) el.textContent = (el.closest("#queue") ? "waiting " : "") + fmtDuration(now - t);
     }
+    for (const td of ui.table.querySelectorAll('td.cell[data-state="running"]')) {
+      const row = model.rowByRevision.get(td.dataset.rev);
+      if (row) paintCell(row, td.dataset.builder);
+    }
   }, 1000);
 
   // --- Details and keyboard ------------------------------------------------------------------
@@ -396,17 +558,35 @@
     ui.detailsTitle.textContent = `${b.builder} #${b.number} — ${b.finished ? b.result || "finished" : "running"}`;
     const link = (u, t) => `<a href="${esc(u)}" target="_blank" rel="noopener">${esc(t)}</a>`;
     const steps = (b.steps || []).map((s) => `<tr class="${esc(s.finished ? s.result || "" : "running")}"><td>${esc(s.number)}</td><td>${esc(s.name)}</td>`
-      + `<td>${esc(s.finished ? s.result : "running")}</td><td>${fmtDuration(s.duration)}</td>`
+      + `<td>${esc(s.finished ? s.result : "running")}</td><td>${fmtDuration(s.duration)}</td><td>${esc(s.state_string ?? s.state ?? "")}</td>`
       + `<td>${(s.urls || []).map((u) => link(u.url, u.name)).join(" ")}</td></tr>`).join("");
+    const failure = b.failure ? failureHTML(b.failure, link) : "";
     const props = Object.entries(b.properties || {}).sort().map(([k, v]) => {
       const text = typeof v === "string" ? v : JSON.stringify(v);
       return `<tr><th>${esc(k)}</th><td>${/^https?:\/\//.test(text) ? link(text, text) : esc(text)}</td></tr>`;
     }).join("");
     ui.detailsBody.innerHTML = `<p>master ${esc(b.master)} · worker ${esc(b.worker || "?")} · ${esc(b.branch || "")} ${esc(b.revision || "")}`
       + ` · ${fmtDuration(b.duration ?? b.elapsed)}${b.url ? " · " + link(b.url, "open in Buildbot") : ""}</p>`
-      + `<h3>Steps</h3><table><thead><tr><th>#</th><th>step</th><th>result</th><th>duration</th><th>links</th></tr></thead><tbody>${steps}</tbody></table>`
+      + failure
+      + `<h3>Steps</h3><table><thead><tr><th>#</th><th>step</th><th>result</th><th>duration</th><th>status</th><th>links</th></tr></thead><tbody>${steps}</tbody></table>`
       + `<h3>Properties</h3><table><tbody>${props}</tbody></table>`;
     $("details-close").focus();
+  }
+
+  // What failed: each failed step with its duration, its own status text and its log's last lines.
+  function failureHTML(f, link) {
+    const items = (f.steps || []).map((s) => {
+      const tail = s.log_tail;
+      const log = tail && tail.lines && tail.lines.length
+        ? `<p class="log-name">last ${tail.lines.length} lines of <code>${esc(tail.log || "log")}</code>${tail.truncated ? " (cut)" : ""}:</p>`
+          + `<pre class="log-tail">${esc(tail.lines.join("\n"))}</pre>`
+        : '<p class="log-name">no log lines were sent (the plugin sends them with its logs option)</p>';
+      return `<li class="failed-step" data-step="${esc(s.name)}"><strong>${esc(s.name)}</strong> <span class="cell ${esc(s.result || "")}">${esc(s.result || "")}</span>`
+        + ` · ${fmtDuration(s.duration)} · <span class="state-string">${esc(s.state_string || "")}</span>${log}</li>`;
+    }).join("");
+    const where = f.url ? ` ${link(f.url, "open the build in Buildbot")}` : "";
+    return `<section class="failure" aria-label="What failed"><h3>What failed${where ? " ·" : ""}${where}</h3>`
+      + `<ul class="failed-steps">${items || "<li>no failed step was recorded</li>"}</ul></section>`;
   }
 
   function closeDetails() {
@@ -415,6 +595,8 @@
   }
 
   ui.table.addEventListener("click", (e) => {
+    const bell = e.target.closest("button.watch");
+    if (bell) { toggleWatch(bell.dataset.rev); return; }
     const td = e.target.closest("td.cell");
     if (!td) return;
     moveFocus(td);
@@ -547,7 +729,7 @@
     }
   }
 
-  window.firehoseDashboard = { model, conn, view, grid };     // for tests and the curious
+  window.firehoseDashboard = { model, conn, view, grid, watchChecks };     // for tests and the curious
 
   (async function start() {
     for (let i = 0; ; i++) {
