@@ -278,17 +278,17 @@ class Hub:
         """Offer every live subscription the queued events it has not been offered, one write
         each, grouped by filter; yields after every ``chunk`` subscriptions that had something.
 
-        The events of a round are those queued when it starts; what arrives meanwhile waits
-        for the next round, so the subscribers of one filter are handed the very same list
-        (one match per filter, one framing per transport, one join per list).  Afterwards
-        every subscription has been offered them, so they leave the queue.
+        Each turn of the round takes what is queued when the turn starts: a subscriber is
+        written to once a round, with everything stored up to its turn, so an event waits at
+        most one round and its pause.  The subscribers of one filter in one turn are handed the
+        very same list (one match per filter, one framing per transport, one join per list).
+        Once the round is over every subscription has been offered what was queued when it
+        started, so those events leave the queue.
         """
         log = self._log
-        count = len(log)
-        last = log[-1].offset
-        offsets = [e.offset for e in log]
-        starts: dict[int, int] = {}
-        budget = self._chunk
+        first = len(log)
+        offsets: list[int] = []
+        budget = 0
         writes = 0
         for members in list(self._groups.values()):
             subs = list(members)  # a sink may end subscriptions, its own or (a poll) others
@@ -296,18 +296,31 @@ class Hub:
                 continue
             flt = subs[0].filter
             everything = flt.is_everything
-            matched_from: dict[int, list[Event]] = {}
+            ranges: dict[int, tuple[list[Event], list[Event]]] = {}
             for sub in subs:
+                if budget <= 0:
+                    if writes:
+                        self.stats.writes += writes
+                        writes = 0
+                        yield None
+                    budget = self._chunk
+                    # A new turn: what was stored meanwhile joins the round.
+                    count = len(log)
+                    last = log[-1].offset
+                    offsets.extend(e.offset for e in log[len(offsets):count])
+                    starts: dict[int, int] = {}
+                    ranges = {}
                 offered = sub._offered
                 if offered >= last or not sub._attached:
                     continue  # attached after these events were queued, or ended meanwhile
                 i = starts.get(offered)
                 if i is None:
                     i = starts[offered] = bisect_right(offsets, offered, 0, count)
-                events = log[i:count]
-                matched = matched_from.get(i)
-                if matched is None:
-                    matched = matched_from[i] = events if everything else [e for e in events if flt.matches(e)]
+                got = ranges.get(i)
+                if got is None:
+                    events = log[i:count]
+                    got = ranges[i] = (events, events if everything else [e for e in events if flt.matches(e)])
+                events, matched = got
                 sub._offered = last
                 if not matched and sub.live:
                     sub.seen = max(sub.seen, last)  # nothing for it: cheap, and not a write
@@ -318,13 +331,8 @@ class Hub:
                     sub._fail("live delivery")
                 writes += 1
                 budget -= 1
-                if budget <= 0:
-                    self.stats.writes += writes
-                    writes = 0
-                    yield None
-                    budget = self._chunk
         self.stats.writes += writes
-        del log[:count]
+        del log[:first]
 
     @property
     def subscriptions(self) -> Iterable[Subscription]:
