@@ -4,7 +4,8 @@ Exit codes (also in ``--help``):
 
 * ``tail``: 0 after ``--count`` events (or the stream was interrupted with Ctrl-C: 130);
   2 on an error (server unreachable at the start, bad filter, bad cursor).
-* ``wait``: 0 every build of the revision succeeded; 1 at least one failed; 2 timeout or error.
+* ``wait``: 0 every build of the revision succeeded (it is green); 1 at least one failed; 2 timeout
+  or error.  "Done" is the pushlog's (``firehose.pushes.revision_status``, docs/api.md#is-my-push-done).
 * ``query``: 0 answered; 2 on an error.
 
 Errors are one line on stderr starting with ``firehose:``.
@@ -33,12 +34,16 @@ exit codes: 0 stopped after --count events; 2 error (server unreachable, bad fil
 """
 
 WAIT_EPILOG = """\
-Counts every build request, buildset and build whose source stamp, revision or got_revision is
+Follows the build requests, buildsets and builds whose source stamp, revision or got_revision is
 REV (the server's history is searched first, so builds already queued or finished count; when
-nothing has been submitted yet, it waits for the first submission).
+nothing has been submitted yet, it waits for the first submission). Each builder counts with its
+newest build of REV (a rebuild or a retry replaces the one before; a request cancelled or
+collapsed before it got a build does not count): the revision is done when all of them
+finished, as the server's pushlog decides (/api/revisions, docs/api.md "Is my push done?").
 
-exit codes: 0 all builds succeeded (success, warnings or skipped); 1 at least one failed
-(failure, exception, cancelled); 2 timeout, no build submitted before the timeout, or error.
+exit codes: 0 all builds succeeded (done, success or warnings); 1 at least one failed
+(failure, exception, cancelled; or every request was cancelled); 2 timeout, no build submitted
+before the timeout, or error.
 Example: firehose wait http://127.0.0.1:8080 --revision 4d2c9e1 --builder 'try-*' && notify-send done
 """
 
@@ -90,7 +95,7 @@ def add_commands(commands: Any) -> None:
         "query", help="ask the /api/ query endpoints",
         description="GET /api/ENDPOINT with filters and print the JSON answer "
         "(endpoints: queue, running, builds, builds/MASTER/BUILDID, builders, revisions, lastgreen, "
-        "steps, trend, masters; without ENDPOINT, the server's own list).",
+        "steps, trend, waits, masters; without ENDPOINT, the server's own list).",
         epilog="exit codes: 0 answered; 2 error. Examples: firehose query URL builds builder=linux* limit=5; "
         "firehose query URL builds/bm1/1234; firehose query URL revisions branch=main",
     )

@@ -26,6 +26,7 @@ NO_TWISTED = {
     "webhook receiver": "import firehose.signing\nfrom firehose.webhooks import verify",
     "settings": "import firehose.config, firehose.cli",
     "CloudEvents mapping": "import firehose.cloudevents",
+    "what a push's state is": "import firehose.pushes",
     "webhook URL policy": "import firehose.webhooks.urls, firehose.webhooks.hooks, firehose.webhooks.errors\n"
                           "from firehose.webhooks import check_url, WebhookError",
 }
@@ -82,3 +83,12 @@ def test_a_receiver_loads_no_server_module() -> None:
     """Verifying a signature loads ``firehose.signing`` and the package's pure re-exports only."""
     loaded = set(under(imported_by("firehose.signing"), "firehose"))
     assert loaded <= {"firehose", "firehose.signing", "firehose.cursor", "firehose.event", "firehose.filters"}, loaded
+
+
+def test_the_definition_of_done_is_standard_library_only() -> None:
+    """``firehose.pushes`` (what a revision's state is, shared by the server's pushlog and
+    ``firehose wait``) imports only the standard library: beyond what ``import firehose`` loads
+    (its pure re-exports), it adds no module but itself."""
+    before = imported_by("import firehose")
+    added = imported_by("import firehose\nimport firehose.pushes") - before
+    assert added == {"firehose.pushes"}, sorted(added)

@@ -2,6 +2,11 @@
 runs), and :class:`RevisionTracker`, which decides what belongs to the revision and when it is
 done.
 
+"Done" and "how did it go" are :func:`firehose.pushes.revision_status`, the definition the
+server's pushlog uses (``/api/revisions``, docs/api.md#is-my-push-done): the tracker keeps, per
+builder, the same cell the pushlog keeps (its newest build of the revision, or before one
+started its newest request), from the same events, so ``wait`` and the pushlog agree.
+
 Built on the blocking :class:`~firehose.client.blocking.Stream`: no Twisted.
 """
 
@@ -15,10 +20,25 @@ from typing import Any
 from firehose.client.blocking import Stream
 from firehose.client.common import is_event
 from firehose.filters import GlobSet
+from firehose.pushes import (
+    GREEN,
+    SUPERSEDED,
+    Cell,
+    build_cell,
+    pending_cell,
+    place,
+    request_cell,
+    request_status,
+    revision_status,
+    visible,
+)
 
-#: Results that count as a pass for :func:`wait`.
-OK_RESULTS = frozenset({"success", "warnings", "skipped"})
+#: Results of one build that are no failure (a revision passes when it is green:
+#: :data:`firehose.pushes.GREEN`).
+OK_RESULTS = frozenset({*GREEN, "skipped"})
 _WAIT_TYPES = ["buildset.submitted", "buildset.completed", "request.*", "build.started", "build.finished"]
+
+_Key = tuple[Any, int]
 
 
 def _glob(pattern: str) -> GlobSet:
@@ -28,7 +48,7 @@ def _glob(pattern: str) -> GlobSet:
 
 @dataclass
 class _Item:
-    kind: str  # "buildset" | "request" | "build"
+    kind: str  # "buildset" | "request" | "build" | "builder" (named by a buildset, nothing seen yet)
     ident: int
     builder: str | None = None
     number: int | None = None
@@ -36,16 +56,31 @@ class _Item:
     done: bool = False
     url: str | None = None
     brid: int | None = None
+    master: str | None = None
+    started_at: float | None = None
+    status: str | None = None  # a request's: pending, claimed, completed, cancelled
+
+    @property
+    def outcome(self) -> str:
+        """The result to show: a request cancelled, or completed without a result (collapsed),
+        says so."""
+        if self.kind == "request" and self.status == "cancelled":
+            return "cancelled"
+        if self.kind == "request" and self.status == "completed":
+            return self.result or "skipped"
+        return self.result or "unknown"
 
     @property
     def ok(self) -> bool:
-        return self.result in OK_RESULTS
+        return self.outcome in OK_RESULTS
 
     def label(self) -> str:
         if self.kind == "build":
             return f"{self.builder} #{self.number}"
         if self.kind == "request":
             return f"{self.builder} (request {self.ident})"
+        if self.kind == "builder":
+            return f"{self.builder} (queued)"
         return f"buildset {self.ident}"
 
 
@@ -53,8 +88,13 @@ class _Item:
 class WaitResult:
     """What :func:`wait` found.
 
+    :ivar state: the revision's state (``pending``, ``running``, ``done``) and :ivar result:
+        its overall result once done, as :func:`firehose.pushes.revision_status` defines them
+        (the pushlog's ``state`` and ``result``).
     :ivar builds: finished builds (``builder``, ``number``, ``result``, ``url``), in the order
-        they finished, retried ones included.
+        they finished, retried and rebuilt ones included.
+    :ivar counted: what decides, one per builder (its newest build or request); :ivar failed:
+        those that finished and did not succeed.
     :ivar timed_out: the timeout passed first (``pending`` says what was still running).
     """
 
@@ -65,41 +105,47 @@ class WaitResult:
     timed_out: bool = False
     submitted: bool = False
     error: str | None = None
+    state: str = "pending"
+    result: str | None = None
+    counted: list[_Item] = field(default_factory=list)
+    failed: list[_Item] = field(default_factory=list)
+    cells: dict[str, Cell] = field(default_factory=dict)
 
     @property
-    def failed(self) -> list[_Item]:
-        return [b for b in self.builds + self.unbuilt if not b.ok and b.result != "retry"]
-
-    @property
-    def counted(self) -> list[_Item]:
-        """Finished builds and unbuilt requests, retried builds left out."""
-        return [b for b in self.builds + self.unbuilt if b.result != "retry"]
+    def green(self) -> bool:
+        """Done with success or warnings: what the pushlog calls green."""
+        return self.state == "done" and self.result in GREEN
 
     @property
     def ok(self) -> bool:
-        """Every build finished and none failed."""
-        return not self.timed_out and self.error is None and self.submitted and not self.failed
+        """Every build finished and the revision is green."""
+        return self.exit_code == 0
 
     @property
     def exit_code(self) -> int:
-        """0: all succeeded; 1: some failed; 2: timeout or error."""
-        if self.error is not None or self.timed_out or not self.submitted:
+        """0: done and green; 1: done and not green (some build failed); 2: not done (timeout)
+        or error."""
+        if self.error is not None or self.timed_out or not self.submitted or self.state != "done":
             return 2
-        return 1 if self.failed else 0
+        return 0 if self.green else 1
 
     def summary(self) -> str:
         """A few human lines: one per build, then the verdict."""
-        lines = [f"  {b.label():<40} {b.result}" + (f"  {b.url}" if b.url else "") for b in self.builds]
-        lines += [f"  {r.label():<40} {r.result} (no build)" for r in self.unbuilt]
+        deciding = {id(i) for i in self.counted}
+        lines = [f"  {b.label():<40} {b.outcome}" + ("" if id(b) in deciding else " (superseded)")
+                 + (f"  {b.url}" if b.url else "") for b in self.builds]
+        lines += [f"  {r.label():<40} {r.outcome} (no build)" for r in self.unbuilt]
         if self.error is not None:
             verdict = f"error: {self.error}"
         elif not self.submitted:
             verdict = f"no build was submitted for revision {self.revision} before the timeout"
-        elif self.timed_out:
+        elif self.timed_out or self.state != "done":
             running = ", ".join(p.label() for p in self.pending) or "nothing visible"
             verdict = f"timed out; still waiting for: {running}"
+        elif not self.counted:
+            verdict = f"nothing was built: its requests were cancelled or collapsed into newer ones ({self.result})"
         elif self.failed:
-            verdict = f"{len(self.failed)} of {len(self.counted)} failed"
+            verdict = f"{len(self.failed)} of {len(self.counted)} failed ({self.result})"
         else:
             verdict = f"all {len(self.counted)} succeeded"
         return "\n".join([f"revision {self.revision}: {verdict}", *lines])
@@ -109,12 +155,15 @@ class RevisionTracker:
     """Follows the builds of one revision through request, buildset and build events.
 
     A revision is matched on a request's or buildset's source stamps and on a build's
-    ``revision``/``got_revision``; a build also belongs when its request does.  The revision is
-    *done* once something was submitted for it and every buildset, request and build seen has
-    finished (a build that ends in ``retry`` leaves its request pending).
+    ``revision``/``got_revision``; a build also belongs when its request does, and a request
+    when its buildset does.  Each builder's **cell** is kept as the server's pushlog keeps it
+    (:func:`firehose.pushes.place`), and :attr:`status` is
+    :func:`firehose.pushes.revision_status` of the cells: the revision is *done* when every
+    counted build finished (a build that ends in ``retry`` counts as queued; a request cancelled
+    or collapsed before it got a build does not count).
 
     :param revision: the revision; ``*`` is a wildcard (``4d2c*`` for a short hash).
-    :param builder: only builds of builders matching this glob (buildsets are then ignored).
+    :param builder: only builds of builders matching this glob.
     """
 
     def __init__(self, revision: str, branch: str | None = None, builder: str | None = None) -> None:
@@ -122,10 +171,12 @@ class RevisionTracker:
         self._rev = _glob(revision)
         self._branch = _glob(branch) if branch else None
         self._builder = _glob(builder) if builder else None
-        self.buildsets: dict[int, _Item] = {}
-        self.requests: dict[int, _Item] = {}
-        self.builds: dict[int, _Item] = {}
+        self.buildsets: dict[_Key, _Item] = {}
+        self.requests: dict[_Key, _Item] = {}
+        self.builds: dict[_Key, _Item] = {}
         self.finished: list[_Item] = []
+        #: builder -> its cell, as in a pushlog row's ``builders``.
+        self.cells: dict[str, Cell] = {}
 
     def _revisions(self, data: Mapping[str, Any]) -> Iterable[str]:
         yield str(data.get("revision") or "")
@@ -149,103 +200,144 @@ class RevisionTracker:
             ]
             if not any(isinstance(b, str) and self._branch.match(b) for b in branches):
                 return False
-        return not builder or self._builder_ok(data)
+        return not builder or self._builder_ok(data.get("builder"))
 
-    def _builder_ok(self, data: Mapping[str, Any]) -> bool:
-        return self._builder is None or bool(self._builder.match(str(data.get("builder") or "")))
+    def _builder_ok(self, name: Any) -> bool:
+        return self._builder is None or bool(self._builder.match(str(name or "")))
 
     def feed(self, event: Mapping[str, Any]) -> str | None:
-        """Take one event into account; return a progress line when something finished."""
+        """Take one event into account; return a progress line when something finished.
+        Taking an event twice, or an older one late, changes nothing."""
         entity, _, verb = str(event.get("type", "")).partition(".")
         data = event.get("data") or {}
+        master = event.get("master")
         if entity == "buildset":
-            return self._buildset(verb, data)
+            return self._buildset(verb, master, data)
         if entity == "request":
-            return self._request(verb, data)
+            return self._request(verb, master, data)
         if entity == "build":
-            return self._build(verb, data)
+            return self._build(verb, master, data)
         return None
 
-    def _buildset(self, verb: str, data: Mapping[str, Any]) -> str | None:
+    def _buildset(self, verb: str, master: Any, data: Mapping[str, Any]) -> str | None:
         bsid = data.get("buildsetid")
-        if self._builder is not None or not isinstance(bsid, int):
+        if not isinstance(bsid, int):
             return None
-        item = self.buildsets.get(bsid)
+        item = self.buildsets.get((master, bsid))
         if item is None:
             if not self._matches(data, builder=False):
                 return None
-            item = self.buildsets[bsid] = _Item("buildset", bsid)
+            item = self.buildsets[(master, bsid)] = _Item("buildset", bsid, master=master)
+        if verb == "submitted":
+            for name in data.get("builders") or ():
+                if isinstance(name, str) and self._builder_ok(name):
+                    place(self.cells, name, pending_cell())
         if verb == "completed" and not item.done:
             item.done, item.result = True, data.get("result")
         return None
 
-    def _request(self, verb: str, data: Mapping[str, Any]) -> str | None:
+    def _request(self, verb: str, master: Any, data: Mapping[str, Any]) -> str | None:
         brid = data.get("buildrequestid")
-        if not isinstance(brid, int):
+        if not isinstance(brid, int) or not isinstance(data.get("builder"), str):
             return None
-        item = self.requests.get(brid)
+        item = self.requests.get((master, brid))
         if item is None:
             bsid = data.get("buildsetid")
-            known_set = isinstance(bsid, int) and bsid in self.buildsets
-            if not (self._matches(data) or (known_set and self._builder_ok(data))):
+            known_set = isinstance(bsid, int) and (master, bsid) in self.buildsets
+            if not (self._matches(data) or (known_set and self._builder_ok(data.get("builder")))):
                 return None
-            item = self.requests[brid] = _Item("request", brid, builder=data.get("builder"))
-        if item.done:
-            return None
-        if verb == "completed" or verb == "cancelled":
-            item.done = True
-            item.result = "cancelled" if verb == "cancelled" else (data.get("result") or "unknown")
-            if not any(b.brid == brid for b in self.builds.values()):
-                return f"{item.label()}: {item.result} (no build)"
+            item = self.requests[(master, brid)] = _Item("request", brid, builder=data["builder"], master=master)
+        was_done = item.done
+        item.status = request_status(item.status, verb)
+        if data.get("result") is not None:
+            item.result = data["result"]
+        item.done = item.status in ("completed", "cancelled")
+        assert item.builder is not None
+        place(self.cells, item.builder, request_cell(master, brid, item.status, item.result))
+        if item.done and not was_done and not any(b.brid == brid and b.master == master for b in self.builds.values()):
+            return f"{item.label()}: {item.outcome} (no build)"
         return None
 
-    def _build(self, verb: str, data: Mapping[str, Any]) -> str | None:
+    def _build(self, verb: str, master: Any, data: Mapping[str, Any]) -> str | None:
         buildid = data.get("buildid")
-        if not isinstance(buildid, int):
+        if not isinstance(buildid, int) or not isinstance(data.get("builder"), str):
             return None
         brid = data.get("buildrequestid")
-        item = self.builds.get(buildid)
+        brid = brid if isinstance(brid, int) else None
+        item = self.builds.get((master, buildid))
         if item is None:
-            if not ((isinstance(brid, int) and brid in self.requests) or self._matches(data)):
+            if not ((brid is not None and (master, brid) in self.requests) or self._matches(data)):
                 return None
-            item = self.builds[buildid] = _Item(
-                "build", buildid, builder=data.get("builder"), number=data.get("number"),
-                brid=brid if isinstance(brid, int) else None,
-            )
+            item = self.builds[(master, buildid)] = _Item("build", buildid, builder=data["builder"], master=master)
         item.url = data.get("url") or item.url
-        if verb != "finished" or item.done:
-            return None
-        item.done = True
-        item.result = data.get("result") or "unknown"
-        self.finished.append(item)
-        request = self.requests.get(item.brid) if item.brid is not None else None
-        if request is not None and not request.done and item.result != "retry":
-            request.done, request.result = True, item.result
-        return f"{item.label()}: {item.result}" + (f"  {item.url}" if item.url else "")
+        if not item.done or verb == "finished":
+            # As the server merges a build: a field an event carries replaces the one known (a
+            # late update does not change a finished build).
+            for name in ("number", "started_at", "result"):
+                if data.get(name) is not None:
+                    setattr(item, name, data[name])
+            item.brid = brid if brid is not None else item.brid
+        line = None
+        if verb == "finished" and not item.done:
+            item.done = True
+            self.finished.append(item)
+            line = f"{item.label()}: {item.outcome}" + (f"  {item.url}" if item.url else "")
+        assert item.builder is not None
+        place(self.cells, item.builder,
+              build_cell(master, buildid, item.number, item.done, item.result, item.started_at, item.brid))
+        return line
+
+    @property
+    def status(self) -> tuple[str, str | None]:
+        """``(state, result)`` of the revision: :func:`firehose.pushes.revision_status` of
+        the cells."""
+        return revision_status({"builders": self.cells})
 
     @property
     def submitted(self) -> bool:
-        return bool(self.buildsets or self.requests or self.builds)
+        """Something of the revision (a build, a request, a builder named by a buildset) was seen."""
+        return bool(self.cells)
+
+    def _item(self, name: str, cell: Cell) -> _Item:
+        """The build or request a cell shows."""
+        if "buildid" in cell:
+            found = self.builds.get((cell.get("master"), cell["buildid"]))
+        elif "buildrequestid" in cell:
+            found = self.requests.get((cell.get("master"), cell["buildrequestid"]))
+        else:
+            found = None
+        return found or _Item("builder", 0, builder=name)
 
     @property
     def pending(self) -> list[_Item]:
-        items = [*self.buildsets.values(), *self.requests.values(), *self.builds.values()]
-        return [i for i in items if not i.done]
+        """What the revision still waits for: each counted cell not finished (a build that ended
+        in ``retry`` waits for its next attempt)."""
+        return [self._item(name, cell) for name, cell in sorted(self.cells.items())
+                if cell["state"] in ("pending", "running") or (cell["state"] == "finished" and cell["result"] == "retry")]
 
     @property
     def done(self) -> bool:
-        return self.submitted and not self.pending
+        return self.status[0] == "done"
 
     def result(self, timed_out: bool = False, error: str | None = None) -> WaitResult:
-        built = {b.brid for b in self.builds.values()}
+        state, overall = self.status
+        counted = [(name, cell) for name, cell in sorted(self.cells.items()) if cell["state"] not in SUPERSEDED]
+        failed = [self._item(name, cell) for name, cell in counted
+                  if cell["state"] == "finished" and cell["result"] not in (*OK_RESULTS, "retry")]
+        built = {(b.master, b.brid) for b in self.builds.values()}
         return WaitResult(
             revision=self.revision,
             builds=list(self.finished),
-            unbuilt=[r for r in self.requests.values() if r.done and r.ident not in built],
+            unbuilt=[r for r in self.requests.values() if r.done and (r.master, r.ident) not in built],
             pending=self.pending,
             timed_out=timed_out,
             submitted=self.submitted,
             error=error,
+            state=state,
+            result=overall,
+            counted=[self._item(name, cell) for name, cell in counted],
+            failed=failed,
+            cells={name: visible(cell) for name, cell in self.cells.items()},
         )
 
 
@@ -260,7 +352,9 @@ def wait(
     on_progress: Callable[[str], Any] | None = None,
     fail_fast: bool = True,
 ) -> WaitResult:
-    """Wait until every build of ``revision`` (submitted so far or still queued) has finished.
+    """Wait until ``revision`` is done: every counted build of it (each builder's newest build,
+    or its request still queued) has finished, as the pushlog decides
+    (:func:`firehose.pushes.revision_status`, docs/api.md#is-my-push-done).
 
     First the server's history (from ``since``, default the oldest retained event) is searched
     for the revision, so builds that started - or finished - before the call count; then the
@@ -269,7 +363,8 @@ def wait(
 
     :param timeout: seconds; ``None`` waits as long as it takes.
     :param on_progress: called with a line for each build that finishes.
-    :returns: a :class:`WaitResult` (``.ok``, ``.exit_code``, ``.summary()``).
+    :returns: a :class:`WaitResult` (``.state``, ``.result``, ``.ok``, ``.exit_code``: 0 green,
+        1 done and not green, 2 timeout; ``.summary()``).
     :raises RequestError: bad arguments; :raises Unavailable: the server is unreachable at
         the start (with ``fail_fast``).
     """
