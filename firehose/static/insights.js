@@ -52,22 +52,26 @@
 
   // --- Snapshot ------------------------------------------------------------------------------
 
+  // One builder shown: ask for that builder only (an answer for 200 builders over a week is
+  // megabytes); the names to choose from come from /api/builders.
   function query(extra) {
     const q = new URLSearchParams({ window: String(view.window), ...extra });
-    if (view.builder) q.set("builder", view.builder);
+    const scope = view.show || view.builder;
+    if (scope) q.set("builder", scope);
     return q.toString();
   }
 
   async function snapshot() {
-    const [trend, waits, steps] = await Promise.all([
+    const [trend, waits, steps, builders] = await Promise.all([
       api(`/api/trend?${query({ bucket: String(view.bucket) })}`),
       api(`/api/waits?${query({ bucket: String(view.bucket) })}`).catch(() => null),   // older servers have none
       api(`/api/steps?${query({ sort: view.sort, limit: String(view.limit) })}`),
+      api(`/api/builders${view.builder ? `?builder=${enc(view.builder)}` : ""}`),
     ]);
-    state.data = { trend, waits, steps };
+    state.data = { trend, waits, steps, builders };
     state.refreshes++;
     render();
-    return FirehoseStream.earliest([trend.cursor, waits && waits.cursor, steps.cursor]);
+    return FirehoseStream.earliest([trend.cursor, waits && waits.cursor, steps.cursor, builders.cursor]);
   }
 
   // The buckets of the selected series: every matched builder together, or one builder.
@@ -108,8 +112,7 @@
   }
 
   function renderSeriesChoice() {
-    const names = new Set();
-    for (const a of [state.data.trend, state.data.waits]) for (const b of (a && a.builders) || []) names.add(b.builder);
+    const names = new Set(((state.data.builders && state.data.builders.builders) || []).map((b) => b.builder));
     if (view.show) names.add(view.show);
     const sel = $("show");
     const want = ["", ...[...names].sort()];
@@ -170,17 +173,21 @@
   // Events that move a chart. Every one schedules a refresh: at most one snapshot in flight,
   // the next one at least DEBOUNCE_MS after the first event it covers.
   const MOVES = ["build.started", "build.finished", "step.finished", "request.claimed", "request.cancelled"];
+  // The pause grows with what a snapshot costs (three times its last duration), so a busy
+  // stream over many builders never keeps the page and the server re-asking back to back.
   const DEBOUNCE_MS = 750;
-  let timer = null, inFlight = false, again = false;
+  let timer = null, inFlight = false, again = false, lastCost = 0;
   function scheduleRefresh() {
     if (inFlight) { again = true; return; }
     if (timer) return;
     timer = setTimeout(async () => {
       timer = null; inFlight = true;
+      const t0 = performance.now();
       try { await snapshot(); } catch (e) { console.warn("firehose insights:", e.message); again = true; }
+      lastCost = performance.now() - t0;
       inFlight = false;
       if (again) { again = false; scheduleRefresh(); }
-    }, DEBOUNCE_MS);
+    }, Math.max(DEBOUNCE_MS, 3 * lastCost));
   }
 
   function setConnection(st, transport) {
