@@ -384,7 +384,11 @@
     ui.empty.hidden = grid.rows.length > 0;
     const out = ['<thead><tr class="groups"><th scope="col" rowspan="2" class="rev">revision</th>'];
     // A narrow group's label is cut (its full name in the tooltip), never drawn over its neighbour's.
-    for (const g of groups) out.push(`<th scope="colgroup" colspan="${g.count}" title="${esc(g.name)}"><div class="glabel">${esc(g.name)}</div></th>`);
+    // A group is at least wide enough for 8 characters of its label.
+    for (const g of groups) {
+      out.push(`<th scope="colgroup" colspan="${g.count}" title="${esc(g.name)}" style="min-width:${(Math.min(8, g.name.length) * 0.62 + 0.5).toFixed(2)}em">`
+        + `<div class="glabel">${esc(g.name)}</div></th>`);
+    }
     // The rotated names are only as tall as the longest of them needs (at most 9rem).
     const longest = Math.max(4, ...names.map((n) => n.length));
     ui.table.style.setProperty("--names-height", `${Math.min(144, Math.ceil(longest * 7.3) + 10)}px`);
