@@ -77,6 +77,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def runqueue_wait_seconds(pid: int) -> float | None:
+    """Seconds the threads of a process spent runnable but waiting for a CPU (the second field
+    of /proc/<pid>/task/*/schedstat): on a shared machine, CPU the server wanted and did not get
+    because something else had its core.  None where schedstat is not available."""
+    total = 0
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return total / 1e9
+
+
 def rss_bytes(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -290,6 +304,7 @@ def window(server_pid: int, loadgen: Loadgen, seconds: float) -> dict[str, Any]:
     own CPU over it (``loadgen_cpu_pct``: near 100% would mean the client, not the server, was
     the limit)."""
     c0 = cpu_seconds(server_pid)
+    w0 = runqueue_wait_seconds(server_pid)
     g0 = loadgen.cpu()
     loadgen.mark()
     t0 = time.monotonic()
@@ -297,8 +312,13 @@ def window(server_pid: int, loadgen: Loadgen, seconds: float) -> dict[str, Any]:
     rep = loadgen.report()
     el = time.monotonic() - t0
     c1 = cpu_seconds(server_pid)
+    w1 = runqueue_wait_seconds(server_pid)
     g1 = loadgen.cpu()
     rep["server_cpu_pct"] = 100.0 * (c1 - c0) / el
+    # the server runnable but not running (its core taken by another process): a high figure
+    # says the machine, not the server, was the limit of this window
+    rep["server_runq_wait_pct"] = 100.0 * (w1 - w0) / el if w0 is not None and w1 is not None else None
+    rep["load_average_1m"] = os.getloadavg()[0]
     rep["loadgen_cpu_pct"] = 100.0 * (g1 - g0) / el if g0 is not None and g1 is not None else None
     rep["server_rss_mb"] = rss_bytes(server_pid) / 2**20
     rep["cpu_us_per_delivery"] = (c1 - c0) * 1e6 / rep["deliveries"] if rep["deliveries"] else None

@@ -52,7 +52,7 @@ typedef struct conn {
     /* pub */
     int inflight;
     long seq, sent_n;
-    double sent_at;
+    double sent_at, dead_at;
     int batch_n;
     char *out;
     size_t olen, ooff;
@@ -73,7 +73,7 @@ static size_t tskey_len;
 
 /* counters, reset by "mark" */
 static long deliveries, errors, closed_n, gaps, polls, pub_events, pub_batches, pub_acked, pub_errors, pub_late;
-static long all_deliveries, ws_other, pub_answers;
+static long all_deliveries, ws_other, pub_answers, pub_reconnects;
 static double pub_ack_sum, pub_ack_max;
 static uint32_t *hist, *ack_hist;
 static double lat_max, mark_t, t0, expect_done_t;
@@ -94,7 +94,7 @@ static void die(const char *m) {
 
 static void reset_counters(void) {
     deliveries = errors = closed_n = gaps = polls = pub_events = pub_batches = pub_acked = pub_errors = pub_late = 0;
-    ws_other = pub_answers = 0;
+    ws_other = pub_answers = pub_reconnects = 0;
     pub_ack_sum = pub_ack_max = 0;
     memset(hist, 0, sizeof(uint32_t) * HIST_N);
     memset(ack_hist, 0, sizeof(uint32_t) * HIST_N);
@@ -127,13 +127,14 @@ static void report(void) {
            "\"poll_rate\":%.1f,\"open\":%ld,\"subscribed\":%d,\"pub_events\":%ld,\"pub_rate\":%.1f,"
            "\"pub_batches\":%ld,\"pub_acked\":%ld,\"pub_acked_rate\":%.1f,\"pub_errors\":%ld,\"pub_late\":%ld,"
            "\"all_deliveries\":%ld,\"expect_elapsed\":%.4f,\"pub_ack_avg_ms\":%.3f,\"pub_ack_max_ms\":%.3f,"
-           "\"pub_answers\":%ld,\"pub_answer_rate\":%.1f,\"pub_ack_p50_ms\":%.3f,\"pub_ack_p99_ms\":%.3f}\n",
+           "\"pub_answers\":%ld,\"pub_answer_rate\":%.1f,\"pub_ack_p50_ms\":%.3f,\"pub_ack_p99_ms\":%.3f,"
+           "\"pub_reconnects\":%ld}\n",
            el, deliveries, deliveries / el, pct(deliveries, 0.5), pct(deliveries, 0.9), pct(deliveries, 0.99),
            pct(deliveries, 0.999), lat_max * 1000.0, errors, closed_n, gaps, polls, polls / el, open_n,
            subscribed_n, pub_events, pub_events / el, pub_batches, pub_acked, pub_acked / el, pub_errors, pub_late,
            all_deliveries, expect_done_t > 0 ? expect_done_t - t0 : -1.0,
            pub_answers ? pub_ack_sum * 1000.0 / pub_answers : -1.0, pub_ack_max * 1000.0, pub_answers,
-           pub_answers / el, ack_pct(0.5), ack_pct(0.99));
+           pub_answers / el, ack_pct(0.5), ack_pct(0.99), pub_reconnects);
     fflush(stdout);
 }
 
@@ -187,6 +188,11 @@ static void conn_close(conn *c, int err) {
     epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, NULL);
     close(c->fd);
     c->state = S_DEAD;
+    c->dead_at = now();
+    if (c->kind == K_PUB && c->inflight) {
+        c->inflight = 0; /* the request in flight is lost: an error, the master reconnects */
+        pub_errors++;
+    }
     if (err) errors++;
     else closed_n++;
     free(c->carry);
@@ -601,6 +607,13 @@ static void pub_tick(void) {
     static double last_flush;
     for (int i = nconns; i < total; i++) {
         conn *c = &conns[i];
+        if (c->state == S_DEAD && t - c->dead_at > 0.02) {
+            /* the server closed the keep-alive connection (or the first connect): reconnect,
+             * as the plugin's outbox does */
+            if (c->dead_at > 0) pub_reconnects++;
+            start_connect(c);
+            continue;
+        }
         if (c->state != S_OPEN || c->inflight) continue;
         if (pub_flood) {
             pub_send(c, pub_flood);
@@ -707,8 +720,9 @@ int main(int argc, char **argv) {
     }
     t0 = now();
     reset_counters();
-    /* publishers connect at once; subscribers within a window (the server's listen backlog) */
-    for (int i = nconns; i < total; i++) start_connect(&conns[i]);
+    /* subscribers connect within a window (the server's listen backlog); publishers once every
+     * subscriber is subscribed (pub_tick), so no keep-alive connection idles through a long
+     * connecting phase into the server's request deadline */
     struct epoll_event evs[512];
     char line[256];
     size_t linelen = 0;

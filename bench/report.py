@@ -200,11 +200,11 @@ def rows(res: dict[str, Any], bb: dict[str, Any] | None) -> list[Row]:
 def scenario_rows(res: dict[str, Any]) -> list[str]:
     """One line per scenario run: what it delivered, and both processes' CPU (the server's and
     the load generator's own: a generator near 100% would mean the client was the limit)."""
-    out = ["| scenario | deliveries/s | p50 / p99 | server CPU | load generator CPU | events per POST | "
-           "server RSS |", "|---|---|---|---|---|---|---|"]
+    out = ["| scenario | deliveries/s | p50 / p99 | server CPU | server waiting for its core | load generator CPU | "
+           "events per POST | server RSS |", "|---|---|---|---|---|---|---|---|"]
     for scen, body in res.get("scenarios", {}).items():
         if "error" in body:
-            out.append(f"| {scen} | FAILED: {body['error'][:80]} | | | | | |")
+            out.append(f"| {scen} | FAILED: {body['error'][:80]} | | | | | | |")
             continue
 
         def g(key: str, unit: str = "", digits: int = 1, scen: str = scen) -> str:
@@ -213,12 +213,13 @@ def scenario_rows(res: dict[str, Any]) -> list[str]:
         if scen == "startup":
             out.append(f"| startup | first start: listening {g('first_listening_s', ' s', 2)}, correct /api "
                        f"{g('first_api_correct_s', ' s', 2)}; restart: {g('restart_listening_s', ' s', 2)}, "
-                       f"{g('restart_api_correct_s', ' s', 2)} | | | | | {g('restart_rss_mb', ' MB')} |")
+                       f"{g('restart_api_correct_s', ' s', 2)} | | | | | | {g('restart_rss_mb', ' MB')} |")
             continue
         if scen == "filtered":
             rate, lat = g("filtered_rate", "/s", 0), f"{g('filtered_p50_ms')} / {g('filtered_p99_ms', ' ms')}"
             cpu, gen, ev, rss = (g("filtered_server_cpu_pct", "%"), g("filtered_loadgen_cpu_pct", "%"),
                                  g("filtered_ev_per_post"), g("filtered_server_rss_mb", " MB"))
+            wait = g("filtered_server_runq_wait_pct", "%")
         else:
             if _s(res, scen, "requests_per_s"):
                 rate = f"{g('requests_per_s', ' req/s', 0)}, {g('events_per_s', ' ev/s', 0)} (ingest)"
@@ -231,7 +232,8 @@ def scenario_rows(res: dict[str, Any]) -> list[str]:
                 lat = f"{g('pub_ack_p50_ms', '', 2)} / {g('pub_ack_p99_ms', ' ms', 2)} to the 200"
             cpu, gen, ev, rss = (g("server_cpu_pct", "%"), g("loadgen_cpu_pct", "%"), g("ev_per_post"),
                                  g("server_rss_mb", " MB"))
-        out.append(f"| {scen} | {rate} | {lat} | {cpu} | {gen} | {ev} | {rss} |")
+            wait = g("server_runq_wait_pct", "%")
+        out.append(f"| {scen} | {rate} | {lat} | {cpu} | {wait} | {gen} | {ev} | {rss} |")
     return out
 
 
@@ -255,13 +257,13 @@ def curve_table(res: dict[str, Any]) -> str:
     """The points of ``python -m bench curves``, one line each; ``SATURATED`` where the server
     used >= 90% of its core (the load generator's CPU beside it)."""
     out = ["| curve | batching | subscribers | ev/s | offered/s | delivered/s | p50 / p99 | server CPU | "
-           "load generator CPU | |", "|---|---|---|---|---|---|---|---|---|---|"]
+           "server waiting for its core | load generator CPU | |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for scen in res.get("scenarios", {}):
         if not scen.startswith("curve_"):
             continue
         _, kind, batching, _v = scen.split("_", 3)
         if "error" in res["scenarios"][scen]:
-            out.append(f"| {kind} | {batching} | FAILED: {res['scenarios'][scen]['error'][:80]} | | | | | | | |")
+            out.append(f"| {kind} | {batching} | FAILED: {res['scenarios'][scen]['error'][:80]} | | | | | | | | |")
             continue
 
         def g(key: str, unit: str = "", digits: int = 1, scen: str = scen) -> str:
@@ -274,7 +276,8 @@ def curve_table(res: dict[str, Any]) -> str:
             mark += " (client busy)"
         out.append(f"| {kind} | {batching} | {g('subs', '', 0)} | {g('ev_rate', '', 0)} | "
                    f"{g('offered_deliveries', '', 0)} | {g('rate', '', 0)} | {g('p50_ms')} / {g('p99_ms', ' ms')} | "
-                   f"{g('server_cpu_pct', '%')} | {g('loadgen_cpu_pct', '%')} | {mark} |")
+                   f"{g('server_cpu_pct', '%')} | {g('server_runq_wait_pct', '%')} | {g('loadgen_cpu_pct', '%')} | "
+                   f"{mark} |")
     out.append(_footer(res))
     return "\n".join(out)
 

@@ -174,6 +174,7 @@ def filtered(p: Params) -> dict[str, Any]:
             rep = window(server.pid, gen, p.window)
         finally:
             gen.stop()
+    rep["ev_per_post"] = rep["pub_events"] / rep["pub_batches"] if rep["pub_batches"] else None
     base = _fanout(p, "ws", max(1, subs // 20), p.rate)
     out = {f"filtered_{k}": v for k, v in rep.items() if isinstance(v, int | float)}
     out.update({f"unfiltered_{k}": v for k, v in base.items() if isinstance(v, int | float)})
