@@ -7,8 +7,10 @@ exactly when the test says; the pages are waited on with Playwright's bounded wa
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -197,3 +199,35 @@ def test_falls_back_to_long_poll_when_websocket_is_blocked(demo: Any, page: Any)
     feed(server, s)
     page.wait_for_selector('td.cell[data-rev="r2"][data-builder="linux"][data-state="warnings"]')
 
+
+
+def test_header_labels_fit_and_a_running_cell_shows_elapsed_against_the_median(demo: Any, page: Any) -> None:
+    """Narrow groups' labels never overlap their neighbours (a long one is cut, its name in the
+    tooltip); the rotated names take no more height than the longest needs; the branch selector
+    says what it lists; a running cell tells its elapsed time against the builder's median."""
+    server, s = demo
+    now = time.time()
+    for i, (builder, tag) in enumerate((("lx", "linux"), ("tt", "tests"), ("ww", "windows-and-more"))):
+        s.build("started", i + 1, builder, "r1", started_at=now - 400, at=now - 400, tags=[tag])
+        s.build("finished", i + 1, builder, "r1", result="success", started_at=now - 400, at=now - 280, duration=120)
+    s.build("started", 9, "lx", "r2", started_at=now - 60, at=now - 60, tags=["linux"])
+    feed(server, s)
+    page.goto(server.url + "/")
+    page.wait_for_selector('#connection[data-state="live"]')
+    boxes = page.eval_on_selector_all(
+        "#pushlog tr.groups th[scope=colgroup]",
+        "ths => ths.map((th) => { const r = th.getBoundingClientRect(), d = th.firstElementChild;"
+        " return {left: r.left, right: r.right, title: th.title, fits: d.scrollWidth <= d.clientWidth,"
+        " inside: d.getBoundingClientRect().right <= r.right + 0.5}; })")
+    assert [b["title"] for b in boxes] == ["linux", "tests", "windows-and-more"]
+    assert all(b["inside"] for b in boxes), boxes
+    assert all(a["right"] <= b["left"] + 0.5 for a, b in itertools.pairwise(boxes)), boxes
+    assert boxes[0]["fits"] and boxes[1]["fits"], "short labels are shown whole"
+    names_height = page.eval_on_selector("#pushlog tr.builders th", "th => th.getBoundingClientRect().height")
+    assert names_height < 100, names_height  # 2-letter names: far below the 9rem cap
+    assert "branch" in (page.get_attribute("#branch", "title") or "")
+    running = cell(page, "r2", "lx")
+    assert running.get_attribute("data-state") == "running"
+    label = running.get_attribute("aria-label")
+    assert "elapsed of a 2m00s median" in label, label
+    assert "--progress" in (running.get_attribute("style") or "")
