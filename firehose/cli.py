@@ -19,6 +19,7 @@ from firehose import __version__
 # firehose.service (autobahn and the whole site) is imported only to serve.
 from firehose.config import (
     ADMIN_TOKEN_ENV,
+    DEFAULT_CHECKPOINT_INTERVAL,
     DEFAULT_DB,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_LISTEN,
@@ -83,6 +84,16 @@ def _parser() -> argparse.ArgumentParser:
         "--webhook-allow-network", metavar="CIDR", action="append", default=[],
         help="let webhooks reach this network although it is refused by default (loopback, private, "
         "link-local...), e.g. 127.0.0.0/8 (repeatable)",
+    )
+    state = serve.add_argument_group("build state", "the /api view's checkpoint (see docs/server.md#start-up)")
+    state.add_argument(
+        "--checkpoint-interval", metavar="SECONDS", type=float,
+        help="write a checkpoint of the build state this often while running, besides at every clean "
+        f"stop (default {DEFAULT_CHECKPOINT_INTERVAL:g}; 0: only at a clean stop)",
+    )
+    state.add_argument(
+        "--no-checkpoint", action="store_true", default=None,
+        help="keep no checkpoint: every start rebuilds the state from the journal",
     )
     limits = serve.add_argument_group("limits", "what one client may hold (see docs/server.md#limits)")
     limits.add_argument(
@@ -159,6 +170,12 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = 
         value = getattr(args, key, None)
         if value is not None:
             setattr(config, key, check_limit("--" + key.replace("_", "-"), key, value))
+    if getattr(args, "checkpoint_interval", None) is not None:
+        if not args.checkpoint_interval >= 0:
+            raise ConfigError("--checkpoint-interval must be 0 or more seconds")
+        config.checkpoint_interval = args.checkpoint_interval
+    if getattr(args, "no_checkpoint", None):
+        config.checkpoint = False
     return check_config(config)
 
 

@@ -36,6 +36,11 @@ DEFAULT_MAX_PER_ADDRESS = 256
 DEFAULT_REQUEST_TIMEOUT = 10.0
 #: Seconds a keep-alive connection may stay quiet between requests (Twisted's default too).
 DEFAULT_IDLE_TIMEOUT = 60.0
+#: Seconds between checkpoints of the build state while running (0: only at a clean stop).
+DEFAULT_CHECKPOINT_INTERVAL = 300.0
+#: Events the build state may have to replay for the server to still catch up before it
+#: listens (about a quarter of a second); with more, it listens at once and warms up.
+DEFAULT_REPLAY_BEFORE_LISTENING = 5_000
 
 #: Master tokens from the environment, ``"m1=tok1,m2=tok2"`` (keeps them out of ``ps``).
 TOKENS_ENV = "FIREHOSE_MASTER_TOKENS"
@@ -171,6 +176,28 @@ class Config:
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT
     #: Seconds a keep-alive connection may wait between requests.
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    #: Keep a checkpoint of the build state (:func:`checkpoint_path`), so a restart need not rebuild it.
+    checkpoint: bool = True
+    #: Seconds between checkpoints while running (written by a forked child); 0: only at a clean stop.
+    checkpoint_interval: float = DEFAULT_CHECKPOINT_INTERVAL
+    #: The checkpoint file; ``None``: ``<db>.state`` (none for a ``:memory:`` journal).
+    state_path: str | None = None
+    #: With at most this many events to replay into the state the server catches up before it
+    #: listens; with more it listens at once and ``/api`` answers 503 ``warming_up`` meanwhile.
+    replay_before_listening: int = DEFAULT_REPLAY_BEFORE_LISTENING
+
+
+def checkpoint_path(config: Config) -> str | None:
+    """Where the build state's checkpoint is kept: ``state_path``, or ``<db>.state`` next to the
+    journal; ``None`` when checkpoints are off or the journal is ``:memory:`` (with ``--redis``,
+    ``db`` only names where the node's local files go)."""
+    if not config.checkpoint:
+        return None
+    if config.state_path:
+        return config.state_path
+    if config.db == ":memory:":
+        return None
+    return f"{config.db}.state"
 
 
 def parse_token(text: str) -> tuple[str, str]:
@@ -195,7 +222,8 @@ def load_config_file(path: str, config: Config) -> Config:
     ``redis``, ``redis_wait_replicas``,
     ``[masters]`` (name = token), ``[retention]`` (``max_age_days``, ``max_events``),
     ``[limits]`` (``max_connections``, ``max_connections_per_address``, ``request_timeout``,
-    ``idle_timeout``), ``[webhooks]`` (:func:`apply_config_table`)."""
+    ``idle_timeout``), ``[state]`` (``checkpoint``, ``checkpoint_interval``, ``path``,
+    ``replay_before_listening``), ``[webhooks]`` (:func:`apply_config_table`)."""
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
@@ -204,7 +232,7 @@ def load_config_file(path: str, config: Config) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path!r} is not valid TOML: {exc}") from None
     known = {"listen", "db", "max_body", "synchronous", "masters", "retention", "webhooks", "limits",
-             "redis", "redis_wait_replicas"}
+             "redis", "redis_wait_replicas", "state"}
     unknown = set(data) - known
     if unknown:
         raise ConfigError(f"config file {path!r}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
@@ -232,12 +260,43 @@ def load_config_file(path: str, config: Config) -> Config:
             apply_config_table(data["webhooks"], config.webhooks)
         except (TypeError, ValueError) as exc:  # WebhookError is a ValueError
             raise ConfigError(f"config file {path!r}: {exc}") from None
-    if "limits" in data:
-        try:
-            _apply_limits(data["limits"], config)
-        except ConfigError as exc:
-            raise ConfigError(f"config file {path!r}: {exc}") from None
+    for table, apply in (("limits", _apply_limits), ("state", _apply_state)):
+        if table in data:
+            try:
+                apply(data[table], config)
+            except ConfigError as exc:
+                raise ConfigError(f"config file {path!r}: {exc}") from None
     return config
+
+
+#: ``[state]`` keys: the ``Config`` field each sets.
+STATE_KEYS = {"checkpoint": "checkpoint", "checkpoint_interval": "checkpoint_interval", "path": "state_path",
+              "replay_before_listening": "replay_before_listening"}
+
+
+def _apply_state(table: Any, config: Config) -> None:
+    if not isinstance(table, dict):
+        raise ConfigError("[state] must be a table")
+    unknown = set(table) - set(STATE_KEYS)
+    if unknown:
+        raise ConfigError(f"[state]: unknown keys {sorted(unknown)}; known: {sorted(STATE_KEYS)}")
+    for key, value in table.items():
+        if key == "checkpoint" and not isinstance(value, bool):
+            raise ConfigError(f"[state] checkpoint must be true or false, not {value!r}")
+        if key == "path" and (not isinstance(value, str) or not value):
+            raise ConfigError(f"[state] path must be a file name, not {value!r}")
+        setattr(config, STATE_KEYS[key], value)
+    _check_state(config, "[state] ")
+
+
+def _check_state(config: Config, where: str = "") -> None:
+    interval = config.checkpoint_interval
+    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval < 0:
+        raise ConfigError(f"{where}checkpoint_interval must be a number of seconds, 0 or more, not {interval!r}")
+    config.checkpoint_interval = float(interval)
+    replay = config.replay_before_listening
+    if isinstance(replay, bool) or not isinstance(replay, int) or replay < 0:
+        raise ConfigError(f"{where}replay_before_listening must be an integer, 0 or more, not {replay!r}")
 
 
 #: ``[limits]`` keys (also ``Config`` fields): type, least value, whether the least is allowed.
@@ -283,4 +342,5 @@ def check_config(config: Config) -> Config:
         value = getattr(config, key)
         if value is not None or key != "max_connections":
             check_limit(key, key, value)
+    _check_state(config)
     return config

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from twisted.internet import defer
@@ -20,7 +21,9 @@ from twisted.logger import Logger
 
 # Config and ConfigError are re-exported: ``FirehoseServer(Config(...))`` is how a server is
 # embedded (this module's docstring); their home is firehose.config.
-from firehose.config import Config, ConfigError, check_config  # noqa: F401
+from firehose import checkpoint
+from firehose.checkpoint import Checkpointer, StateFeed
+from firehose.config import Config, ConfigError, check_config, checkpoint_path  # noqa: F401
 from firehose.hub import Hub, Pacing
 from firehose.ingest import IngestStats, MasterTokens
 from firehose.journal import IJournal, MemoryJournal, SQLiteJournal
@@ -47,6 +50,8 @@ class FirehoseServer:
         self.site: FirehoseSite | None = None
         self._trimmer: LoopingCall | None = None
         self.webhooks: Any = None
+        self.feed: StateFeed | None = None
+        self.checkpointer: Checkpointer | None = None
 
     def _open_journal(self) -> IJournal:
         if self.config.redis:
@@ -65,16 +70,31 @@ class FirehoseServer:
 
     @defer.inlineCallbacks
     def start(self) -> Any:
-        """Open the journal and listen; fails with JournalError or CannotListenError."""
+        """Open the journal, bring the build state up (from its checkpoint, or warming up from
+        the journal), and listen; fails with JournalError or CannotListenError."""
         config = self.config
         journal = self.journal = self._open_journal()
         self.hub = Hub(journal, page_size=config.page_size, max_pending=config.max_pending,
                        clock=self.reactor, pacing=Pacing())
-        self.state = BuildState()
         try:
-            # Before listening: no event can arrive between the rebuild and following live.
-            yield self.state.rebuild(journal)
+            feed = self.feed = yield self._state_feed(journal)
+            self.state = feed.state
+            replay = feed.to_replay
+            caught_up = feed.start()
+            if replay <= config.replay_before_listening:
+                # A short replay (a checkpoint from a clean stop has none) is done before
+                # listening: /api answers correctly from its first request.
+                yield caught_up
+            else:
+                self.log.info(
+                    "state: warming up in the background: {n:,} events to replay from the {source}; "
+                    "/api answers 503 warming_up until it has caught up",
+                    n=replay, source=feed.source,
+                )
+                caught_up.addCallback(self._warmed_up)
         except BaseException:
+            if self.feed is not None:
+                self.feed.stop()
             yield journal.close()
             raise
         self.ingest_stats = IngestStats()
@@ -89,6 +109,7 @@ class FirehoseServer:
                 clock=self.reactor,
                 max_body=config.max_body,
                 ingest_stats=self.ingest_stats,
+                warmup=feed,
                 webhooks=self.webhooks,
                 webhook_admin_token=config.webhooks.admin_token,
                 max_connections=config.max_connections,
@@ -100,6 +121,7 @@ class FirehoseServer:
             endpoint = serverFromString(self.reactor, config.listen)
             self.port = yield endpoint.listen(site.connections)
         except BaseException:
+            feed.stop()
             if self.webhooks is not None:
                 yield self.webhooks.stop()
                 self.webhooks = None
@@ -114,6 +136,8 @@ class FirehoseServer:
         self._trimmer = LoopingCall(trim)
         self._trimmer.clock = self.reactor
         self._trimmer.start(config.trim_interval, now=True)
+        if self.checkpointer is not None:
+            self.checkpointer.start()
         self.log.info(
             "firehose listening on {url} (journal {db}, epoch {epoch}, {n} events, masters: {masters})",
             url=self.url,
@@ -122,7 +146,54 @@ class FirehoseServer:
             n=journal.head - journal.earliest + 1,
             masters=", ".join(sorted(config.tokens)) or "none configured",
         )
+        if feed.ready:
+            self._log_ready(feed)
         return self
+
+    @defer.inlineCallbacks
+    def _state_feed(self, journal: IJournal) -> Any:
+        """The build state to start from, and the feed that brings it to the head: the
+        checkpoint if it continues this journal (logged either way), else an empty state
+        replaying the newest :data:`~firehose.checkpoint.STATE_WINDOW` events."""
+        path = checkpoint_path(self.config) if not isinstance(journal, MemoryJournal) else None
+        found = None
+        t0 = time.perf_counter()
+        if path is not None:
+            checkpoint.remove_leftovers(path)
+            found, _ = yield checkpoint.restore(path, journal)
+        if found is not None:
+            self.log.info(
+                "state: loaded the checkpoint {path} in {s:.2f} s (offset {offset}, {size:,} bytes, "
+                "written {age:.0f} s ago); {n:,} events after it to replay",
+                path=path, s=time.perf_counter() - t0, offset=found.offset, size=found.size,
+                age=max(0.0, time.time() - found.written_at), n=max(0, journal.head - found.offset),
+            )
+            last = (found.offset, found.last) if found.last is not None else None
+            feed = StateFeed(found.state, journal, self.reactor, start_after=found.offset,
+                             source="checkpoint", last=last)
+        else:
+            start = max(journal.earliest - 1, journal.head - checkpoint.STATE_WINDOW)
+            feed = StateFeed(BuildState(), journal, self.reactor, start_after=start, source="journal")
+        self.checkpointer = None
+        if path is not None:
+            self.checkpointer = Checkpointer(path, feed, journal, self.reactor, self.config.checkpoint_interval)
+            if found is not None:
+                self.checkpointer.saved_offset = found.offset
+        return feed
+
+    def _warmed_up(self, _: object) -> None:
+        if self.feed is not None:
+            self._log_ready(self.feed)
+        if self.checkpointer is not None and self.config.checkpoint_interval > 0:
+            # A crash now would cost the same warm-up again: checkpoint what it built.
+            self.checkpointer.tick()
+
+    def _log_ready(self, feed: StateFeed) -> None:
+        self.log.info(
+            "state: ready at offset {offset} ({n:,} events replayed from the {source} in {s:.2f} s)",
+            offset=feed.state.offset, n=feed.replayed, source=feed.source,
+            s=feed.progress()["elapsed"],
+        )
 
     @property
     def url(self) -> str:
@@ -149,6 +220,12 @@ class FirehoseServer:
             sub.close()
         if self.site is not None:
             yield self.site.connections.close_all()
+        if self.feed is not None:
+            self.feed.stop()
         if self.journal is not None:
+            # Pending writes finish, and reach the state, before its checkpoint is written.
             yield self.journal.close()
             self.journal = None
+        if self.checkpointer is not None:
+            self.checkpointer.stop(save=True)
+            self.checkpointer = None

@@ -21,6 +21,7 @@ from twisted.web.static import File
 from firehose import __version__
 from firehose._http import allow_cors, error_body, json_body
 from firehose.api import ApiResource
+from firehose.checkpoint import StateFeed
 from firehose.config import (
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_BODY,
@@ -56,6 +57,56 @@ class _JSONResource(Resource):
         doc = self.make()
         # A node that cannot store answers 503, so a load balancer takes it out of rotation.
         return json_body(request, 503 if doc.get("status") == "degraded" else 200, doc)
+
+
+class _WarmingUp(Resource):
+    """What a question to the build state answers while it warms up: 503 ``warming_up``."""
+
+    isLeaf = True
+
+    def __init__(self, feed: StateFeed) -> None:
+        super().__init__()
+        self.feed = feed
+
+    def render(self, request: Request) -> bytes:
+        allow_cors(request)
+        progress = self.feed.progress()
+        retry = self.feed.retry_after()
+        request.setHeader(b"retry-after", str(retry).encode())
+        message = (
+            f"the build state is warming up: {progress['replayed']:,} events replayed from the "
+            f"{progress['source']}, about {progress['remaining']:,} to go; /api answers once it has "
+            f"caught up (retry in {retry} s); ingest and the streams work meanwhile"
+        )
+        return json_body(request, 503, {"error": "warming_up", "message": message, "progress": progress})
+
+
+class _WarmingGate(Resource):
+    """``/api`` while the build state warms up: every question the state answers is a 503
+    ``warming_up`` (:class:`_WarmingUp`); what does not read the state (``/api/webhooks``) and
+    CORS preflights go through.  Once the feed is ready, everything goes to ``/api`` itself."""
+
+    #: Children of /api that do not read the build state.
+    STATELESS = frozenset({b"webhooks"})
+
+    def __init__(self, api: Resource, feed: StateFeed) -> None:
+        super().__init__()
+        self.api = api
+        self.feed = feed
+        self.warming = _WarmingUp(feed)
+
+    def _open(self, request: Request, path: bytes | None = None) -> bool:
+        return self.feed.ready or request.method == b"OPTIONS" or path in self.STATELESS
+
+    def getChildWithDefault(self, path: bytes, request: Request) -> Resource:
+        if self._open(request, path):
+            return self.api.getChildWithDefault(path, request)
+        return self.warming
+
+    def render(self, request: Request) -> Any:
+        if self._open(request):
+            return self.api.render(request)
+        return self.warming.render(request)
 
 
 class _JSONNotFound(Resource):
@@ -217,6 +268,7 @@ def build_site(
     tokens: MasterTokens,
     clock: IReactorTime,
     state: BuildState | None = None,
+    warmup: StateFeed | None = None,
     max_body: int = DEFAULT_MAX_BODY,
     ingest_stats: IngestStats | None = None,
     webhooks: WebhookDispatcher | None = None,
@@ -233,6 +285,8 @@ def build_site(
     :param state: the build state ``/api`` answers from, fed by its owner (rebuilt from the
         journal and listening to it); without one there is no ``/api`` (a site for ingest and
         streams only, as in some tests).
+    :param warmup: the feed bringing ``state`` to the journal's head: until it is ready, ``/api``
+        answers 503 ``warming_up`` and ``/health`` says so.  ``None``: the state is complete.
     :param ingest_stats: the counters ingest writes and ``/metrics`` reads; new ones if ``None``.
     :param webhooks: the dispatcher, if the server runs webhooks: its API at ``/api/webhooks``
         (answering only ``webhook_admin_token``; 403 without one), its counts in ``/metrics``.
@@ -249,9 +303,9 @@ def build_site(
         api = ApiResource(state, hub, clock) if state is not None else Resource()
         if webhooks is not None:
             api.putChild(b"webhooks", WebhookAPI(webhooks, webhook_admin_token))
-        root.putChild(b"api", api)
+        root.putChild(b"api", _WarmingGate(api, warmup) if warmup is not None and state is not None else api)
     root.putChild(b"schema", _JSONResource(lambda: {"batch": BATCH_SCHEMA, "event": DELIVERED_SCHEMA}))
-    root.putChild(b"health", _JSONResource(lambda: _health(hub, journal)))
+    root.putChild(b"health", _JSONResource(lambda: _health(hub, journal, warmup)))
     root.putChild(b"openapi.json", _JSONResource(openapi))
     root.putChild(b"asyncapi.json", _JSONResource(asyncapi))
     site = FirehoseSite(root, max_body, request_timeout=request_timeout, idle_timeout=idle_timeout, reactor=clock)
@@ -267,9 +321,13 @@ def build_site(
     return site
 
 
-def _health(hub: Hub, journal: IJournal) -> dict[str, Any]:
+def _health(hub: Hub, journal: IJournal, warmup: StateFeed | None = None) -> dict[str, Any]:
     """The node's health.  ``degraded`` while the journal cannot be written (a full disk, say):
-    such a node acknowledges no batch, so a load balancer should take it out of service."""
+    such a node acknowledges no batch, so a load balancer should take it out of service.
+
+    A node whose build state is warming up is ``ok`` all the same (it ingests and streams, so a
+    load balancer should keep it); ``state`` says ``warming_up``, with the progress, until
+    ``/api`` answers."""
     writes = journal.write_health
     problem: dict[str, Any] = {}
     if not writes.writable:
@@ -285,5 +343,13 @@ def _health(hub: Hub, journal: IJournal) -> dict[str, Any]:
         "masters": {m: {"incarnation": i, "last_seq": s} for m, (i, s) in journal.last_seqs().items()},
         # The shared journal's Redis link: connected, this node's lag, the last error.
         **({"redis": journal.link()} if hasattr(journal, "link") else {}),
+        **({"state": _state_health(hub, warmup)} if warmup is not None else {}),
     }
+
+
+def _state_health(hub: Hub, feed: StateFeed) -> dict[str, Any]:
+    """The build state's part of ``/health``: ``ready`` (``/api`` answers) or ``warming_up``."""
+    if feed.ready:
+        return {"status": "ready", "cursor": hub.cursor(feed.state.offset), "source": feed.source}
+    return {"status": "warming_up", "cursor": hub.cursor(feed.state.offset), "progress": feed.progress()}
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from firehose.cli import _parser, config_from_args, main
@@ -137,3 +139,44 @@ def test_limits_set_in_code_are_checked_too() -> None:
 
     with pytest.raises(ConfigError, match="max_connections_per_address"):
         FirehoseServer(Config(max_connections_per_address=-1))
+
+
+def test_state_checkpoint_settings_from_file_and_flags(tmp_path) -> None:
+    """``[state]`` in the file and ``--checkpoint-interval``/``--no-checkpoint`` (which win) set
+    the checkpoint; by default it is ``<db>.state``, written every 300 s and at a clean stop,
+    and none is kept for a ``:memory:`` journal."""
+    from firehose.config import checkpoint_path
+
+    c = config([])
+    assert (c.checkpoint, c.checkpoint_interval, c.replay_before_listening) == (True, 300.0, 5000)
+    assert checkpoint_path(c) == "firehose.sqlite.state"
+    assert checkpoint_path(config(["--db", ":memory:"])) is None
+    path = tmp_path / "f.toml"
+    path.write_text('[state]\ncheckpoint_interval = 30\npath = "/var/lib/fh/state"\nreplay_before_listening = 0\n')
+    c = config(["--config", str(path)])
+    assert (c.checkpoint_interval, checkpoint_path(c), c.replay_before_listening) == (30.0, "/var/lib/fh/state", 0)
+    c = config(["--config", str(path), "--checkpoint-interval", "0", "--no-checkpoint"])
+    assert (c.checkpoint_interval, c.checkpoint, checkpoint_path(c)) == (0.0, False, None)
+    path.write_text("[state]\ncheckpoint = false\n")
+    assert checkpoint_path(config(["--config", str(path)])) is None
+
+
+@pytest.mark.parametrize("text, says", [
+    ("[state]\ncheckpoint_interval = -1\n", "checkpoint_interval must be a number of seconds"),
+    ('[state]\ncheckpoint_interval = "5"\n', "checkpoint_interval must be a number of seconds"),
+    ("[state]\nreplay_before_listening = 1.5\n", "replay_before_listening must be an integer"),
+    ('[state]\ncheckpoint = "yes"\n', "checkpoint must be true or false"),
+    ("[state]\npath = 3\n", "path must be a file name"),
+    ("[state]\ninterval = 3\n", "unknown keys ['interval']"),
+    ("state = 3\n", "[state] must be a table"),
+])
+def test_bad_state_settings_name_the_key(tmp_path, text: str, says: str) -> None:
+    path = tmp_path / "f.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        load_config_file(str(path), Config())
+
+
+def test_bad_checkpoint_interval_flag_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--checkpoint-interval", "-5"]) == 2
+    assert "--checkpoint-interval must be 0 or more" in capsys.readouterr().err
