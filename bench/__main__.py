@@ -8,6 +8,7 @@ print the table of targets against measured values.
     .venv/bin/python -m bench curves --curve-repeat 3   # scaling curves (~15 min at 3 runs a point)
     .venv/bin/python -m bench buildbot        # plugin overhead, end to end, Buildbot's own /ws
     .venv/bin/python -m bench profile         # py-spy flame graphs of the hot paths
+    .venv/bin/python -m bench profile --only ws_unbatched,ingest_single
     .venv/bin/python -m bench redis           # several nodes on one Redis stream vs SQLite
     .venv/bin/python -m bench table --name baseline13   # the tables again from a results file
 
@@ -45,8 +46,8 @@ core are circled: saturated).  Single points: ``--only curve_subs_unbatched_3000
 
 The server is ``firehose serve`` from this checkout (or ``FIREHOSE_BENCH_SRC=/path``) pinned to
 core 0, the load generator (bench/fhload.c, compiled into bench/build/) to core 1.  Plots need
-matplotlib: bench/.venv-www's (``python -m bench buildbot`` makes it) or, without it,
-bench/build/venv-plot (made on first use, matplotlib only).
+matplotlib and profiles py-spy: bench/.venv-www's (``python -m bench buildbot`` makes it) or,
+without it, bench/build/venv-tools (made on first use: matplotlib and py-spy only).
 """
 
 from __future__ import annotations
@@ -187,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "profile":
         from bench import profile
 
-        return profile.main()
+        return profile.main(sorted(only) if only else None)
     if args.command in ("table", "plots"):
         from bench import report
 

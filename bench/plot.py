@@ -225,7 +225,9 @@ def main() -> int:
         latency_vs_load(res, out)
         scaling(res, out)
     bb_path = os.path.join(os.path.dirname(path), "buildbot.json")
-    if os.path.exists(bb_path):
+    # the Buildbot comparison comes from buildbot.json whatever results are plotted: redraw it
+    # with the default suite's plots (or buildbot.json's own) only, not with every named run's
+    if os.path.basename(path) in ("suite.json", "buildbot.json") and os.path.exists(bb_path):
         with open(bb_path) as f:
             comparison(json.load(f), out)
     return 0

@@ -3,8 +3,10 @@ collapsed stacks (``bench/results/profile-<name>.txt``), a flame graph drawn fro
 (``profile-<name>.svg``) and the top functions by own and inclusive time (printed, and in
 ``profile-<name>.top.txt``).
 
-py-spy comes from the bench venv (bench/.venv-www, made by ``python -m bench buildbot``) or
-PATH; it runs on the load generator's core, ``--nonblocking`` so it never stops the server.
+py-spy comes from the bench venv (bench/.venv-www, made by ``python -m bench buildbot``), PATH,
+or bench/build/venv-tools (made on first use); it runs on the load generator's core,
+``--nonblocking`` so it never stops the server.  ``--only ws_unbatched,ingest_single`` picks
+profiles; the unbatched ones (one event per POST from 10 masters) are issue 13's.
 """
 
 from __future__ import annotations
@@ -26,6 +28,13 @@ PROFILES: dict[str, dict[str, Any]] = {
                           "--sub", SUBSCRIBE]},
     "ws_capacity": {"gen": ["--mode", "ws", "--conns", "1000", "--pub-rate", "1000", "--pub-interval", "0.2",
                             "--sub", SUBSCRIBE]},
+    "ws_unbatched": {"gen": ["--mode", "ws", "--conns", "1000", "--pub-rate", "100", "--pub-single", "1",
+                             "--pub-conns", "10", "--sub", SUBSCRIBE]},
+    "ws_unbatched_300": {"gen": ["--mode", "ws", "--conns", "1000", "--pub-rate", "300", "--pub-single", "1",
+                                 "--pub-conns", "10", "--sub", SUBSCRIBE]},
+    "sse_unbatched": {"gen": ["--mode", "sse", "--path", "/sse", "--conns", "1000", "--pub-rate", "100",
+                              "--pub-single", "1", "--pub-conns", "10"]},
+    "ingest_single": {"gen": ["--mode", "none", "--pub-flood", "1", "--pub-conns", "10"]},
     "longpoll": {"gen": ["--mode", "poll", "--conns", "1000", "--pub-rate", "40", "--pub-interval", "0.2"]},
     "resume": {"gen": ["--mode", "ws", "--conns", "1", "--expect", "1000000",
                        "--sub", '{"cmd":"subscribe","since":"earliest"}'], "journal": 1_000_000},
@@ -36,7 +45,12 @@ def pyspy() -> str:
     local = os.path.join(BENCH, ".venv-www", "bin", "py-spy")
     found = local if os.path.exists(local) else shutil.which("py-spy")
     if not found:
-        raise SystemExit("py-spy not found: run `python -m bench buildbot` once (it makes bench/.venv-www)")
+        from bench.report import tools_venv
+
+        bindir = tools_venv()
+        found = os.path.join(bindir, "py-spy") if bindir else None
+    if not found or not os.path.exists(found):
+        raise SystemExit("py-spy not found (no bench/.venv-www, none on PATH, bench/build/venv-tools failed)")
     return found
 
 
@@ -139,6 +153,9 @@ def flamegraph(stacks: Counter[tuple[str, ...]], path: str, title: str) -> None:
 
 def main(names: list[str] | None = None) -> int:
     os.makedirs(RESULTS, exist_ok=True)
+    unknown = set(names or ()) - set(PROFILES)
+    if unknown:
+        raise SystemExit(f"unknown profile(s) {sorted(unknown)}; known: {', '.join(PROFILES)}")
     for name in names or list(PROFILES):
         log(f"profiling {name}")
         raw = record(name)

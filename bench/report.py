@@ -1,6 +1,6 @@
 """The table of targets against measured values, and the plots (drawn by bench/plot.py with
 matplotlib from the bench's own venv, bench/.venv-www, so the project venv never needs it; without
-that venv, from bench/build/venv-plot, made once with only matplotlib)."""
+that venv, from bench/build/venv-tools, made once with only matplotlib and py-spy)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from typing import Any
 from bench.common import BENCH, BUILD, RESULTS, log
 
 BENCH_VENV_PY = os.path.join(BENCH, ".venv-www", "bin", "python")
-PLOT_VENV = os.path.join(BUILD, "venv-plot")
+TOOLS_VENV = os.path.join(BUILD, "venv-tools")
+TOOLS = ["matplotlib", "py-spy"]
 
 
 def load(name: str) -> dict[str, Any]:
@@ -282,9 +283,32 @@ def curve_table(res: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def tools_venv() -> str | None:
+    """bench/build/venv-tools (matplotlib and py-spy only, git-ignored), made here once (~30 s)
+    for a machine without bench/.venv-www; its bin/ directory, or None (and a note)."""
+    import sys
+
+    bindir = os.path.join(TOOLS_VENV, "bin")
+    marker = os.path.join(TOOLS_VENV, ".bench-ready")
+    if os.path.exists(marker):
+        return bindir
+    log(f"making bench/build/venv-tools ({', '.join(TOOLS)}), once")
+    try:
+        base = getattr(sys, "_base_executable", sys.executable)
+        subprocess.run([base, "-m", "venv", TOOLS_VENV], check=True, timeout=300)
+        subprocess.run([os.path.join(bindir, "python"), "-m", "pip", "install", "-q", *TOOLS], check=True,
+                       timeout=600)
+    except (OSError, subprocess.SubprocessError) as exc:
+        log(f"could not make bench/build/venv-tools ({exc!r})")
+        return None
+    with open(marker, "w") as f:
+        f.write(" ".join(TOOLS) + "\n")
+    return bindir
+
+
 def plot_python() -> str | None:
-    """A Python with matplotlib: bench/.venv-www's, this one, or bench/build/venv-plot (made
-    here once, ~30 s: a venv with only matplotlib).  None (and a note) if none can be had."""
+    """A Python with matplotlib: bench/.venv-www's, this one, or bench/build/venv-tools'.  None
+    (and a note: the plots are skipped) if none can be had."""
     import importlib.util
     import sys
 
@@ -292,21 +316,11 @@ def plot_python() -> str | None:
         return BENCH_VENV_PY
     if importlib.util.find_spec("matplotlib") is not None:
         return sys.executable
-    py = os.path.join(PLOT_VENV, "bin", "python")
-    marker = os.path.join(PLOT_VENV, ".bench-ready")
-    if os.path.exists(marker):
-        return py
-    log("no matplotlib: making bench/build/venv-plot (matplotlib only), once")
-    try:
-        base = getattr(sys, "_base_executable", sys.executable)
-        subprocess.run([base, "-m", "venv", PLOT_VENV], check=True, timeout=300)
-        subprocess.run([py, "-m", "pip", "install", "-q", "matplotlib"], check=True, timeout=600)
-    except (OSError, subprocess.SubprocessError) as exc:
-        log(f"could not make bench/build/venv-plot ({exc!r}); plots skipped")
+    bindir = tools_venv()
+    if bindir is None:
+        log("no matplotlib: plots skipped")
         return None
-    with open(marker, "w") as f:
-        f.write("matplotlib\n")
-    return py
+    return os.path.join(bindir, "python")
 
 
 def plots(res: dict[str, Any], name: str = "suite") -> None:
