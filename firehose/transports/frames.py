@@ -30,6 +30,10 @@ DEFAULT_SIZE = 4096
 #: Bytes kept.  A live batch (one ingest body, at most 1 MiB) always fits, so every subscriber
 #: of one publish loop gets the same frames; a few thousand ordinary (~1 KB) events fit too.
 DEFAULT_MAX_BYTES = 16 * 1024 * 1024
+#: Joined batches kept (see :meth:`FrameCache.join`): one per filter of a round's turn, for the
+#: few dozen distinct filters a round usually has; and the bytes they may hold.
+JOINS_KEPT = 32
+JOINS_MAX_BYTES = 4 * 1024 * 1024
 
 
 class FrameCache:
@@ -41,7 +45,8 @@ class FrameCache:
         so a subscriber never frames the event it is sending twice.
     """
 
-    __slots__ = ("_make", "_frames", "_order", "_bytes", "_last_events", "_last_data", "size", "max_bytes")
+    __slots__ = ("_make", "_frames", "_order", "_bytes", "_joins", "_join_bytes", "_last_events", "_last_data",
+                 "size", "max_bytes", "joined")
 
     def __init__(
         self,
@@ -53,11 +58,17 @@ class FrameCache:
         self._frames: dict[str, bytes] = {}
         self._order: deque[str] = deque()
         self._bytes = 0
-        #: The previous :meth:`join`'s events (a copy) and its answer.
+        #: Recent joins by the identity of their list: id -> (the list, a copy, the bytes).
+        self._joins: dict[int, tuple[list[Event], list[Event], bytes]] = {}
+        self._join_bytes = 0
+        #: The previous join's events (a copy) and its answer: an equal list that is not the
+        #: same object (a queue's slice) is answered from it too.
         self._last_events: list[Event] = []
         self._last_data = b""
         self.size = size
         self.max_bytes = max_bytes
+        #: Batches joined (not answered from a kept join): what the join caches save shows here.
+        self.joined = 0
 
     def __len__(self) -> int:
         return len(self._frames)
@@ -66,16 +77,24 @@ class FrameCache:
         """The frames of ``events`` end to end: what one socket write sends.
 
         This is the fan-out's inner loop, once per subscriber per batch.  A batch of one event
-        (the usual live case) costs one dictionary lookup.  For a longer batch the previous
-        answer is kept: in one publish loop the subscribers of one filter are handed the same
-        events, and comparing two lists of events is a pointer comparison per event (events
-        compare by identity), cheaper than a lookup per event and a join.
+        (the usual live case) costs one dictionary lookup.  A longer batch is joined once per
+        list: the hub hands the subscribers of one filter the very same list, and with several
+        filters in a round their lists alternate, so the last ``JOINS_KEPT`` joins are kept by
+        the identity of their list.  Each kept list is referenced (its ``id`` cannot be reused
+        while kept) and compared with a copy of what it held (a pointer comparison per event:
+        events compare by identity), so a list changed in place is joined again.  An equal list
+        that is another object is answered from the previous join.
         """
         if len(events) == 1:
             event = events[0]
             return self._frames.get(event.cursor) or self._add(event)
         if events == self._last_events:
             return self._last_data
+        kept = self._joins.get(id(events))
+        if kept is not None and kept[0] is events and kept[1] == events:
+            self._last_events = kept[1]
+            self._last_data = kept[2]
+            return kept[2]
         get = self._frames.get
         out = []
         for event in events:
@@ -84,8 +103,17 @@ class FrameCache:
                 frame = self._add(event)
             out.append(frame)
         data = b"".join(out)
-        self._last_events = events.copy()
+        self.joined += 1
+        copy = events.copy()
+        self._last_events = copy
         self._last_data = data
+        joins = self._joins
+        if kept is not None:
+            self._join_bytes -= len(joins.pop(id(events))[2])
+        joins[id(events)] = (events, copy, data)
+        self._join_bytes += len(data)
+        while len(joins) > 1 and (len(joins) > JOINS_KEPT or self._join_bytes > JOINS_MAX_BYTES):
+            self._join_bytes -= len(joins.pop(next(iter(joins)))[2])
         return data
 
     def frame(self, event: Event) -> bytes:

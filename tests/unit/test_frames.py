@@ -89,3 +89,52 @@ def test_bounded_by_bytes_but_the_newest_frame_stays() -> None:
     cache.join([_event(4, body=b"w" * 30)])
     assert len(cache) == 2  # 60 + 30 + 30 > 100: the 60-byte frame went
     assert make.made == ["e1:1", "e1:2", "e1:3", "e1:4"]
+
+
+def test_alternating_lists_are_joined_once_each() -> None:
+    """A round hands the subscribers of each filter the same list; with several filters the
+    lists alternate (a, b, a, b, ...): each is joined once, not again at every alternation."""
+    cache = FrameCache(lambda e: e.cursor.encode() + b";")
+    a = [_event(1), _event(2)]
+    b = [_event(2), _event(3)]
+    c = [_event(1), _event(3)]
+    for _ in range(10):
+        assert cache.join(a) == b"e1:1;e1:2;"
+        assert cache.join(b) == b"e1:2;e1:3;"
+        assert cache.join(c) == b"e1:1;e1:3;"
+    assert cache.joined == 3
+
+
+def test_a_kept_list_changed_in_place_is_joined_again() -> None:
+    """A kept join is found by its list's identity but answered only if the list still holds
+    what it held: a list changed in place, even back among other kept lists, gets its new
+    frames."""
+    cache = FrameCache(lambda e: e.cursor.encode() + b";")
+    a = [_event(1), _event(2)]
+    b = [_event(3), _event(4)]
+    cache.join(a)
+    cache.join(b)
+    a[0] = _event(5)
+    assert cache.join(a) == b"e1:5;e1:2;"
+    assert cache.join(b) == b"e1:3;e1:4;"
+    assert cache.joined == 3
+
+
+def test_kept_joins_are_bounded() -> None:
+    """At most ``JOINS_KEPT`` joins are kept (each holding its list), oldest out first, and
+    never more than ``JOINS_MAX_BYTES`` but the newest."""
+    from firehose.transports import frames
+
+    cache = FrameCache(lambda e: e.encoded)
+    lists = [[_event(2 * i), _event(2 * i + 1)] for i in range(frames.JOINS_KEPT + 5)]
+    for events in lists:
+        cache.join(events)
+    assert len(cache._joins) == frames.JOINS_KEPT
+    assert cache.join(lists[-1]) and cache.joined == len(lists)
+    cache.join(lists[0])  # fell out: joined again
+    assert cache.joined == len(lists) + 1
+    big = FrameCache(lambda e: e.encoded)
+    huge = [[_event(1, body=b"x" * (frames.JOINS_MAX_BYTES // 2)), _event(2)] for _ in range(3)]
+    for events in huge:
+        big.join(events)
+    assert len(big._joins) <= 2
