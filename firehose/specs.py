@@ -396,13 +396,22 @@ def _http_schemas() -> dict[str, dict[str, Any]]:
                                    "result": {"enum": ["failure", "exception"]}}}},
             },
         },
-        "TimeBuckets": {
+        "TimeBucket": {
+            "type": "object",
+            "description": "One bucket: `start` (Unix time) and the statistics of its samples' seconds.",
+            "required": ["start", "count", "mean", "p50", "p95", "max"],
+            "properties": {"start": _NUMBER, "count": {"type": "integer", "minimum": 1}, "mean": _NUMBER,
+                           "p50": _NUMBER, "p95": _NUMBER, "max": _NUMBER},
+        },
+        "TimeBuckets": {"type": "array", "description": "Buckets with samples, oldest first.",
+                        "items": _ref("TimeBucket")},
+        "TrendBuckets": {
             "type": "array",
-            "description": "Buckets with samples, oldest first; `start` is the bucket's start (Unix time).",
-            "items": {"type": "object", "required": ["start", "count", "mean", "p50", "p95", "max"],
-                      "properties": {"start": _NUMBER, "count": {"type": "integer", "minimum": 1},
-                                     "mean": _NUMBER, "p50": _NUMBER, "p95": _NUMBER, "max": _NUMBER,
-                                     "failed": {"type": "integer", "minimum": 0},
+            "description": "Build durations, oldest first: `count` finished builds, `failed` of them with "
+            "failure or exception, `failure_rate` = failed / count.",
+            "items": {"allOf": [_ref("TimeBucket")],
+                      "required": ["failed", "failure_rate"],
+                      "properties": {"failed": {"type": "integer", "minimum": 0},
                                      "failure_rate": {"type": "number", "minimum": 0, "maximum": 1}}},
         },
         "StepTiming": {"type": "object", "required": ["builder", "step", *_STAT],
@@ -565,14 +574,14 @@ def _get(summary: str, schema: dict[str, Any], params: list[dict[str, Any]] | No
     }}
 
 
-def _buckets(description: str) -> dict[str, Any]:
-    """The answer of ``/api/trend`` and ``/api/waits``."""
+def _buckets(description: str, buckets: str) -> dict[str, Any]:
+    """The answer of ``/api/trend`` and ``/api/waits``: ``buckets`` names their schema."""
     return _answer(description, {
         "bucket": _NUMBER, "window": _NUMBER,
         "builders": {"type": "array", "items": {
             "type": "object", "required": ["builder", "buckets"],
-            "properties": {"builder": {"type": "string"}, "buckets": _ref("TimeBuckets")}}},
-        "all": {"type": "object", "required": ["buckets"], "properties": {"buckets": _ref("TimeBuckets")}},
+            "properties": {"builder": {"type": "string"}, "buckets": _ref(buckets)}}},
+        "all": {"type": "object", "required": ["buckets"], "properties": {"buckets": _ref(buckets)}},
     }, ("bucket", "window", "builders", "all"))
 
 
@@ -648,11 +657,12 @@ def _api_paths() -> dict[str, Any]:
         "/api/trend": _get(
             "build durations over time, bucketed by start time, oldest first; with failures",
             _buckets("Per builder, its buckets (each with `failed` and `failure_rate`), and `all`: the "
-                     "matched builders together."),
+                     "matched builders together.", "TrendBuckets"),
             bucketed, op="trend"),
         "/api/waits": _get(
             "queue waits over time: how long requests waited for their build, by submission time",
-            _buckets("Per builder, its buckets of waits (seconds), and `all`: the matched builders together."),
+            _buckets("Per builder, its buckets of waits (seconds), and `all`: the matched builders together.",
+                     "TimeBuckets"),
             bucketed, op="waits"),
         "/api/masters": _get(
             "masters (status, last heartbeat) and workers",

@@ -215,3 +215,36 @@ def test_query_without_endpoint_lists_them_and_help_names_only_real_ones(module_
     code, out, err = main(capsys, "query", module_server.url, "nope")
     assert code == 2 and out == ""
     assert err.startswith("firehose: not_found: no endpoint /api/nope") and "/api/queue" in err
+
+
+def test_wait_agrees_with_the_pushlog(module_server, capsys):
+    """``firehose wait`` and ``/api/revisions?revision=`` give one answer (firehose.pushes):
+    a failure rebuilt green is green for both (exit 0; before the shared definition ``wait``
+    said 1), a failure is a failure for both (exit 1, the pushlog naming the builder in
+    ``failures``), and a request cancelled beside a green build counts for neither."""
+    from firehose.client import query, wait
+
+    push(module_server, "agr111", {"try-linux": "failure", "try-mac": "success"}, "agree-1",
+         buildsetid=60, first_buildrequestid=60, first_buildid=60)
+    push(module_server, "agr111", {"try-linux": "success"}, "agree-2",  # the rebuild: a new buildset
+         buildsetid=61, first_buildrequestid=62, first_buildid=63, start_time=1_700_000_100.0)
+    push(module_server, "agr222", {"try-linux": "success", "try-win": "failure"}, "agree-3",
+         buildsetid=70, first_buildrequestid=70, first_buildid=70)
+    events = try_push("agr333", {"try-linux": "success", "try-mac": "success"}, buildsetid=80,
+                      first_buildrequestid=80, first_buildid=80, finish=["try-linux"])
+    # try-mac's request is cancelled before it got a build instead.
+    events = [e for e in events if e["data"].get("builder") != "try-mac" or e["type"] == "request.submitted"]
+    mac = next(e for e in events if e["type"] == "request.submitted" and e["data"]["builder"] == "try-mac")
+    events.append({**mac, "type": "request.cancelled", "time": mac["time"] + 50})
+    ingest_events(module_server, events, incarnation="agree-4")
+    expected = {"agr111": (0, "success", []), "agr222": (1, "failure", ["try-win"]), "agr333": (0, "success", [])}
+    for revision, (code, result, failed) in expected.items():
+        (row,) = query(module_server.url, "revisions", revision=revision)["revisions"]
+        assert (row["state"], row["result"], [f["builder"] for f in row["failures"]]) == ("done", result, failed)
+        assert row["green"] == (code == 0)
+        got = wait(module_server.url, revision, timeout=20)
+        assert (got.state, got.result, got.exit_code) == (row["state"], row["result"], code), got.summary()
+        exit_code, out, err = main(capsys, "wait", module_server.url, "--revision", revision, "--timeout", "20s")
+        assert exit_code == code, out + err
+    _, out, _ = main(capsys, "wait", module_server.url, "--revision", "agr111", "--timeout", "20s")
+    assert "failure (superseded)" in out and "all 2 succeeded" in out

@@ -209,6 +209,36 @@ def test_tracker_cancelled_request_fails():
     assert t.done and result.exit_code == 1 and "cancelled (no build)" in result.summary()
 
 
+def test_tracker_decides_as_the_pushlog_a_rebuild_replaces_a_failure():
+    """Each builder counts with its newest build, as in the pushlog (firehose.pushes): a
+    rebuild that succeeds after a failure makes the revision green (exit 0; the failed build is
+    listed as superseded); a queued rebuild keeps it waiting; a request cancelled beside a
+    green build does not count; a revision whose only request was cancelled is done, not green
+    (exit 1)."""
+    req = {"builder": "a", "revision": "r"}
+    t = RevisionTracker("r")
+    feed(t, [{"type": "request.submitted", "data": {**req, "buildrequestid": 1}},
+             {"type": "build.started", "data": {**req, "buildid": 1, "number": 1, "buildrequestid": 1, "started_at": 1}},
+             {"type": "build.finished", "data": {**req, "buildid": 1, "number": 1, "buildrequestid": 1,
+                                                 "started_at": 1, "result": "failure"}}])
+    assert t.done and t.result().exit_code == 1 and t.result().result == "failure"
+    feed(t, [{"type": "request.submitted", "data": {**req, "buildrequestid": 2}}])
+    assert not t.done and [p.label() for p in t.pending] == ["a (request 2)"]
+    feed(t, [{"type": "build.started", "data": {**req, "buildid": 2, "number": 2, "buildrequestid": 2, "started_at": 9}},
+             {"type": "build.finished", "data": {**req, "buildid": 2, "number": 2, "buildrequestid": 2,
+                                                 "started_at": 9, "result": "success"}},
+             {"type": "request.submitted", "data": {"builder": "b", "revision": "r", "buildrequestid": 3}},
+             {"type": "request.cancelled", "data": {"builder": "b", "revision": "r", "buildrequestid": 3}}])
+    result = t.result()
+    assert (result.state, result.result, result.exit_code) == ("done", "success", 0)
+    assert "all 1 succeeded" in result.summary() and "a #1" in result.summary()
+    assert "failure (superseded)" in result.summary()
+    alone = RevisionTracker("q")
+    feed(alone, [{"type": "request.submitted", "data": {"builder": "b", "revision": "q", "buildrequestid": 3}},
+                 {"type": "request.cancelled", "data": {"builder": "b", "revision": "q", "buildrequestid": 3}}])
+    assert alone.result().exit_code == 1 and "nothing was built" in alone.result().summary()
+
+
 def test_fake_firehose_stream_client_and_gap():
     """FakeFirehose filters like the server, resumes from a cursor, delivers to fake clients as
     events are emitted and surfaces injected gaps."""

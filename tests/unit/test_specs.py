@@ -235,3 +235,45 @@ def test_site_serves_the_documents_as_json(path: str, key: str) -> None:
     doc = json.loads(body[0])
     assert doc[key] == (openapi() if key == "openapi" else asyncapi())[key]
     assert doc == json.loads(json.dumps(openapi() if key == "openapi" else asyncapi()))
+
+
+def test_the_insights_answers_conform_to_their_documented_schemas() -> None:
+    """The answers the insights page reads (a failed build with its failure summary and log
+    tail, the trend, the queue waits, the builders, one revision's rows) are valid by the 200
+    response schemas of the OpenAPI document (schemathesis rarely generates the ids of a build
+    that exists)."""
+    from tests.unit.helpers import Scenario
+
+    doc = openapi()
+    journal = MemoryJournal(epoch="e1")
+    state = BuildState()
+    state.rebuild(journal)
+    clock = Clock()
+    clock.advance(1_700_001_000)
+    site = build_site(hub=Hub(journal), journal=journal, clock=clock, tokens=MasterTokens({}), state=state)
+    client = StubTreq(site.resource)
+    m = Scenario("m1")
+    m.request("submitted", 1, "linux", at=1_700_000_000)
+    m.request("claimed", 1, "linux", at=1_700_000_005, claimed_at=1_700_000_005)
+    m.build("started", 1, "linux", started_at=1_700_000_006, at=1_700_000_006, url="http://bb/#/builders/1/builds/1")
+    m.step("started", 1, 1, "linux", "test", started_at=1_700_000_007)
+    m.emit("log.lines", {"logid": 1, "stepid": 1, "buildid": 1, "builder": "linux", "name": "stdio",
+                         "first_line": 0, "lines": ["FAIL: test_login", "1 failed"]})
+    m.step("finished", 1, 1, "linux", "test", started_at=1_700_000_007, complete_at=1_700_000_020,
+           result="failure", state="test failed")
+    m.build("finished", 1, "linux", result="failure", started_at=1_700_000_006, at=1_700_000_030)
+    journal.append(m.take())
+    for path, template in [("builds/m1/1", "/api/builds/{master}/{buildid}"), ("trend", "/api/trend"),
+                           ("waits", "/api/waits"), ("builders", "/api/builders"),
+                           ("revisions?revision=r1", "/api/revisions")]:
+        d = client.request("GET", "http://firehose.test/api/" + path)
+        client.flush()
+        response = d.result
+        content = response.content()
+        client.flush()
+        body = json.loads(content.result)
+        assert response.code == 200, body
+        schema = doc["paths"][template]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+        Draft202012Validator(_inline(doc, schema)).validate(body)
+        if path == "builds/m1/1":
+            assert body["build"]["failure"]["steps"][0]["log_tail"]["lines"] == ["FAIL: test_login", "1 failed"]
