@@ -10,14 +10,17 @@ every wait is bounded (Playwright's ``wait_for_*`` with timeouts, ``conftest.wai
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+import json
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import ServerProcess
+from tests.e2e.conftest import ServerProcess, http_get
 from tests.e2e.pages_support import FAIL_LINE, MASTER, TOKEN, BuildbotCI, browser, new_page, revision
+from tests.unit.helpers import Scenario
 
 pytestmark = pytest.mark.slow
 
@@ -248,3 +251,29 @@ def test_a_refused_permission_falls_back_to_a_message_in_the_page(ci: BuildbotCI
     row.locator('.status[data-state="done"]').wait_for()
     assert page.locator("#toasts .toast").count() == 1
     assert page.evaluate("window.__notes") == []
+
+
+def test_insights_follow_the_stream_over_long_poll_when_websocket_is_blocked(
+        start_server: Callable[..., ServerProcess], browser: Any, errors: list[str]) -> None:
+    """With every WebSocket closed before it subscribes (a proxy that blocks them), the page
+    says it follows over long-poll, and a finished build still moves the chart."""
+    server = start_server(tokens={"bm1": "tok-bm1"})
+    now = time.time()
+    s = Scenario("bm1", start=now - 600)
+    s.build("started", 1, "lp", "r1", started_at=now - 600, at=now - 600)
+    s.build("finished", 1, "lp", "r1", result="success", started_at=now - 600, at=now - 540, duration=60)
+    server.ingest(s.take())
+    page = new_page(browser, errors)
+    page.route_web_socket("**/ws", lambda ws: ws.close())
+    page.goto(server.url + "/insights.html?builder=lp&window=3600&bucket=3600")
+    page.wait_for_selector('#connection[data-state="live"][data-transport="long-poll"]')
+    page.wait_for_function("window.firehoseInsights.state.charts.trend.data[0].length >= 1")
+    s.build("started", 2, "lp", "r2", started_at=now - 300, at=now - 300)
+    s.build("finished", 2, "lp", "r2", result="failure", started_at=now - 300, at=now - 200, duration=100)
+    server.ingest(s.take())
+    page.wait_for_function(
+        "[...document.querySelectorAll('#trend-table tbody tr[data-start]')]"
+        ".reduce((a, tr) => a + Number(tr.children[6].dataset.value), 0) === 1")
+    trend = json.loads(http_get(server.url + "/api/trend?builder=lp&window=3600&bucket=3600")[1])
+    drawn = page.evaluate("window.firehoseInsights.state.charts.trend.data[2]")
+    assert drawn == [b["p95"] for b in trend["all"]["buckets"]]
