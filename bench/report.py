@@ -246,12 +246,34 @@ def table(res: dict[str, Any], bb: dict[str, Any] | None = None) -> str:
     return "\n".join(out)
 
 
+#: A run whose server spent more than this share of the window runnable but waiting for its core
+#: (another process had it) measured the machine, not the server.
+CONTENDED_PCT = 20.0
+
+
+def contended(res: dict[str, Any]) -> list[str]:
+    """The scenarios with at least one run whose server waited > CONTENDED_PCT for its core."""
+    out = []
+    for scen, body in res.get("scenarios", {}).items():
+        for key in ("server_runq_wait_pct", "filtered_server_runq_wait_pct"):
+            s = (body.get("summary") or {}).get(key)
+            if s and s.get("max") is not None and s["max"] > CONTENDED_PCT:
+                out.append(scen)
+                break
+    return out
+
+
 def _footer(res: dict[str, Any]) -> str:
     la = res.get("load_before")
     if not la:
         return ""
-    return (f"\nload average at start {la[0]:.2f}, at end {res.get('load_after', [0])[0]:.2f}; "
-            f"{res.get('repeat')} runs per figure; took {res.get('seconds')} s")
+    out = (f"\nload average at start {la[0]:.2f}, at end {res.get('load_after', [0])[0]:.2f}; "
+           f"{res.get('repeat')} runs per figure; took {res.get('seconds')} s")
+    bad = contended(res)
+    if bad:
+        out += (f"\nCONTENDED (the server waited > {CONTENDED_PCT:.0f}% of a window for its core, which another "
+                f"process had: these measured the machine, rerun them on a quiet one): {', '.join(bad)}")
+    return out
 
 
 def curve_table(res: dict[str, Any]) -> str:
@@ -275,6 +297,9 @@ def curve_table(res: dict[str, Any]) -> str:
         mark = "SATURATED" if sat and sat["max"] else ""
         if gsat and gsat["max"]:
             mark += " (client busy)"
+        wait = _s(res, scen, "server_runq_wait_pct")
+        if wait and wait["max"] > CONTENDED_PCT:
+            mark += " CONTENDED"
         out.append(f"| {kind} | {batching} | {g('subs', '', 0)} | {g('ev_rate', '', 0)} | "
                    f"{g('offered_deliveries', '', 0)} | {g('rate', '', 0)} | {g('p50_ms')} / {g('p99_ms', ' ms')} | "
                    f"{g('server_cpu_pct', '%')} | {g('server_runq_wait_pct', '%')} | {g('loadgen_cpu_pct', '%')} | "
