@@ -19,7 +19,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from firehose.event import RESULT_NAMES
+from firehose.event import RESULT_NAMES, dumps
 from firehose.schema import FIELD_NAMES
 
 #: Property names (and keys inside property values, at any depth) matching any of these
@@ -170,6 +170,9 @@ class Redactor:
         )
         self._secrets: set[str] = set()
         self._secret_re: re.Pattern[str] | None = None
+        #: The secrets as they appear inside an encoded JSON string; ``None`` while there are
+        #: none or when one cannot be encoded (then :meth:`may_change` always says yes).
+        self._encoded_re: re.Pattern[bytes] | None = None
         self._split_re: re.Pattern[str] | None = None
         self.context_lines = 0
         self.add_secrets(secret_values)
@@ -194,6 +197,12 @@ class Redactor:
         self._secrets |= new
         ordered = sorted(self._secrets, key=len, reverse=True)
         self._secret_re = re.compile("|".join(re.escape(s) for s in ordered))
+        try:
+            # JSON escapes a string character by character, so a string holds a secret exactly
+            # when its encoding holds the secret's encoding (quotes stripped).
+            self._encoded_re = re.compile(b"|".join(re.escape(dumps(s)[1:-1]) for s in ordered))
+        except (TypeError, ValueError):  # a lone surrogate: no shortcut
+            self._encoded_re = None
         # Log lines: Buildbot stores a line longer than 4096 characters as several lines, turns
         # '\r' into a line break, and a secret may itself hold newlines (a key), so in joined log
         # text a secret may have a line break between any two of its characters.
@@ -207,6 +216,20 @@ class Redactor:
         if self._deny is None:
             return False
         return bool(self._deny.search(name) or self._deny.search(_CAMEL.sub("_", name)))
+
+    def may_change(self, encoded: bytes) -> bool:
+        """Whether :meth:`scrub_all` could change a value whose JSON encoding is ``encoded``.
+
+        ``False`` only when no string in it holds a known secret and none holds both ``://``
+        and ``@`` (a URL's userinfo): then scrubbing is the identity and the encoding can be
+        sent as it is.  A yes may be wrong (a secret's digits inside a number, ``@`` and
+        ``://`` in two different strings); a no never is.
+        """
+        if b"@" in encoded and b"://" in encoded:
+            return True
+        if self._secret_re is None:
+            return False
+        return self._encoded_re is None or self._encoded_re.search(encoded) is not None
 
     def scrub(self, text: str) -> str:
         """Replace every known secret value and every URL's userinfo inside ``text``."""

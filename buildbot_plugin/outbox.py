@@ -149,7 +149,11 @@ class Outbox:
         (tests).
     :param batch_max_bytes: a batch body stays under this (the server's default limit is 1 MiB).
     :param batch_max_events: at most this many events per batch.
-    :param flush_interval: a partial batch waits at most this long for company.
+    :param flush_interval: the shortest time between the starts of two requests while events
+        keep coming: an idle outbox sends a partial batch at once (at the end of the reactor
+        turn, so a burst converted in one turn goes as one batch); one that sent less than
+        this ago lets the batch gather until then.  ``0`` sends whenever no request is in
+        flight (events gather only while one is).
     :param memory_max_bytes: above this, the oldest events in memory spill to the spool.
     :param spool_max_bytes: the spool never grows past this; events that do not fit are dropped
         and recorded.
@@ -170,7 +174,7 @@ class Outbox:
         run_in_thread: RunInThread | None = None,
         batch_max_bytes: int = 256 * KIB,
         batch_max_events: int = 1000,
-        flush_interval: float = 0.05,
+        flush_interval: float = 0.01,
         memory_max_bytes: int = 16 * MIB,
         spool_max_bytes: int = 256 * MIB,
         spool_after: float = 5.0,
@@ -218,6 +222,10 @@ class Outbox:
         self._waiting_for: str | None = None
         self._inflight: defer.Deferred[Any] | None = None
         self._loop: defer.Deferred[None] | None = None
+        #: When the last acknowledged request started (``flush_interval`` counts from it; a
+        #: failed batch is retried without it).
+        self._last_send = float("-inf")
+        self._sent_at = float("-inf")
 
         #: Counters, for heartbeats, logs and tests.
         self.stats: dict[str, int] = collections.defaultdict(int)
@@ -283,8 +291,12 @@ class Outbox:
         self._memory.append((item, self.reactor.seconds()))
         self._memory_bytes += size
         self.stats["queued"] += 1
-        if self._waiting_for == "work" or self._waiting_for == "flush" and self._memory_ready():
+        if self._waiting_for in ("work", "flush") and self._memory_ready():
             self._wake()
+        elif self._waiting_for == "work" and self._wait_call is None:
+            # At the end of this reactor turn: the rest of a burst converted in this turn
+            # goes in the same batch.
+            self._wait_call = self.reactor.callLater(0, self._wake)
 
     def stop(self, timeout: float = 5.0) -> defer.Deferred[None]:
         """Deliver what can be delivered within ``timeout``, spool the rest, and stop.
@@ -332,7 +344,10 @@ class Outbox:
                         continue
                     from_spool = True
                 elif self._memory:
-                    delay = self._memory[0][1] + self.flush_interval - self.reactor.seconds()
+                    # Events that were already waiting when the last request started (a
+                    # backlog) go at once; fresh ones gather until flush_interval after it.
+                    fresh = self._memory[0][1] >= self._last_send
+                    delay = self._last_send + self.flush_interval - self.reactor.seconds() if fresh else 0
                     if delay > 0 and not self._memory_ready() and not self._stopping:
                         yield self._wait(delay, "flush")
                         continue
@@ -343,6 +358,7 @@ class Outbox:
                     continue
                 outcome = yield self._send(batch)
                 if outcome == "ok" or outcome == "dropped":
+                    self._last_send = self._sent_at
                     self._ack(len(batch), from_spool)
                     if outcome == "ok":
                         self._failures = 0
@@ -353,7 +369,9 @@ class Outbox:
                     yield self._trim_head()
                 elif outcome == "split":
                     self._split = max(1, len(batch) // 2)
+                    self._last_send = float("-inf")
                 else:
+                    self._last_send = float("-inf")
                     self._failures += 1
                     if outcome == "failover" and len(self.senders) > 1:
                         self._round += 1
@@ -468,6 +486,7 @@ class Outbox:
         on the same node: every node of one firehose would give the same answer)."""
         body = b"[" + b",".join(item.body for item in batch) + b"]"
         self.stats["requests"] += 1
+        self._sent_at = self.reactor.seconds()
         try:
             self._inflight = self.sender(body)
             code, text = yield self._inflight

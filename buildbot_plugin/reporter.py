@@ -37,6 +37,7 @@ from twisted.python.threadpool import ThreadPool
 
 from buildbot_plugin import convert
 from buildbot_plugin.outbox import MIB, Item, Outbox
+from buildbot_plugin.sender import HttpSender
 from buildbot_plugin.tracker import Tracker
 from firehose.event import dumps
 from firehose.schema import MASTER_NAME_PATTERN, SchemaError, validate_event
@@ -45,53 +46,6 @@ __all__ = ["FirehoseReporter", "HttpSender"]
 
 _TICK = ("_tick",)
 _HEARTBEAT = ("_heartbeat",)
-
-
-class HttpSender:
-    """Posts batches to ``{url}/ingest`` over one persistent HTTP connection (treq).
-
-    :param url: the firehose server's base URL.
-    :param token: the bearer token.
-    :param reactor: the reactor the connection pool and timeouts use.
-    :param timeout: seconds before a request is abandoned (and retried).
-    """
-
-    def __init__(self, url: str, token: str, reactor: Any, timeout: float = 30.0) -> None:
-        import treq.client
-        from twisted.web.client import Agent, HTTPConnectionPool
-
-        self.url = url.rstrip("/") + "/ingest"
-        self.token = token
-        self.reactor = reactor
-        self.timeout = timeout
-        self.pool = HTTPConnectionPool(reactor, persistent=True)
-        self.pool.maxPersistentPerHost = 1
-        self.pool.retryAutomatically = False  # the outbox retries, in order
-        self.client = treq.client.HTTPClient(Agent(reactor, pool=self.pool))
-
-    def __call__(self, body: bytes) -> defer.Deferred[tuple[int, bytes]]:
-        import treq
-
-        headers: dict[bytes | str, bytes | str] = {
-            b"Authorization": f"Bearer {self.token}".encode(),
-            b"Content-Type": b"application/json",
-        }
-        d = self.client.post(
-            self.url,
-            data=body,
-            headers=headers,
-            timeout=self.timeout,
-            reactor=self.reactor,
-        )
-
-        def read(response: Any) -> Any:
-            return treq.content(response).addCallback(lambda content: (response.code, content))
-
-        return d.addCallback(read)
-
-    def close(self) -> defer.Deferred[None]:
-        """Close the cached connection (on stop or when the URL changes)."""
-        return self.pool.closeCachedConnections()
 
 
 def split_urls(url: Any) -> list[str]:
@@ -156,7 +110,7 @@ class FirehoseReporter(service.BuildbotService):
         "memory_max_bytes": 16 * MIB,
         "batch_max_bytes": 256 * 1024,
         "batch_max_events": 1000,
-        "flush_interval": 0.05,
+        "flush_interval": 0.01,
         "spool_after": 5.0,
         "backoff_max": 30.0,
         "heartbeat_interval": 30.0,
@@ -168,6 +122,7 @@ class FirehoseReporter(service.BuildbotService):
 
     # Made by startService; reconfigService may run before (checks with getattr).
     tracker: Tracker
+    _botmaster: Any = None
     senders: list[HttpSender]
     outbox: Outbox
     #: The wrapper installed on ``master.mq.produce`` (it carries the original).
@@ -225,9 +180,11 @@ class FirehoseReporter(service.BuildbotService):
                         config.error(f"FirehoseReporter: {key}: bad regular expression {p!r}: {exc}")
         if not isinstance(opts["logs"], bool):
             config.error(f"FirehoseReporter: logs must be True or False, got {opts['logs']!r}")
-        for key in ("log_lines_per_second", "flush_interval", "backoff_max", "heartbeat_interval",
-                    "request_timeout", "stop_timeout"):
+        for key in ("log_lines_per_second", "backoff_max", "heartbeat_interval", "request_timeout", "stop_timeout"):
             _check_number(key, opts[key])
+        flush = opts["flush_interval"]
+        if isinstance(flush, bool) or not isinstance(flush, int | float) or not 0 <= flush <= 60:
+            config.error(f"FirehoseReporter: flush_interval must be a number of seconds from 0 to 60, got {flush!r}")
         _check_number("spool_after", opts["spool_after"], minimum=-1)
         for key in ("log_burst", "spool_max_bytes", "memory_max_bytes", "batch_max_bytes", "batch_max_events",
                     "queue_max_events"):
@@ -482,8 +439,7 @@ class FirehoseReporter(service.BuildbotService):
                 yield task.deferLater(self.reactor, 0, lambda: None)
 
     def _emit(self, type_: str, data: dict[str, Any], t: float) -> None:
-        """Validate, number and queue one event; an invalid one is dropped and logged."""
-        data = self.redactor.scrub_all(data)
+        """Scrub, validate, number and queue one event; an invalid one is dropped and logged."""
         event = {
             "master": self.master_name,
             "incarnation": self.incarnation,
@@ -492,9 +448,20 @@ class FirehoseReporter(service.BuildbotService):
             "time": t,
             "data": data,
         }
+        # Encode first: most events hold no secret and no URL credentials, and the encoding
+        # tells (Redactor.may_change), so they skip the walk over every string.
+        body: bytes | None
+        try:
+            body = dumps(event)
+        except (TypeError, ValueError):
+            body = None
+        if body is None or self.redactor.may_change(body):
+            data = event["data"] = self.redactor.scrub_all(data)
+            body = None
         try:
             validate_event(event)
-            body = dumps(event)
+            if body is None:
+                body = dumps(event)
         except (SchemaError, TypeError, ValueError) as exc:
             log.msg(f"firehose: BUG: dropping an invalid {type_} event ({exc}): {data!r:.500}")
             self.outbox.record_unsequenced_drop(f"invalid {type_}: {exc}")
@@ -504,7 +471,9 @@ class FirehoseReporter(service.BuildbotService):
 
     def _secrets_for_build(self, buildid: int) -> list[str]:
         """Secret values a running build has rendered (Buildbot records them to redact logs)."""
-        botmaster = getattr(self.master, "botmaster", None)
+        botmaster = self._botmaster
+        if botmaster is None:  # self.master walks up the service tree: once, not per event
+            botmaster = self._botmaster = getattr(self.master, "botmaster", None)
         for builder in getattr(botmaster, "builders", {}).values():
             for build in getattr(builder, "building", ()):
                 if getattr(build, "buildid", None) == buildid:

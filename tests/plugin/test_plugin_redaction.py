@@ -333,3 +333,29 @@ def test_a_secret_inside_a_field_name_costs_no_event() -> None:
     r = convert.Redactor(secret_values=["buildi"])
     body = _emit(r, _entity_events(r, "x buildi y"))
     assert b'"buildid":1' in body and b"x <secret> y" in body
+
+
+_json_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=30)
+
+
+@given(data=st.data(), secret_list=st.lists(st.text(st.characters(blacklist_categories=("Cs",)), min_size=4,
+                                                     max_size=12), max_size=3))
+def test_may_change_never_misses_what_scrubbing_would_change(data: st.DataObject, secret_list: list[str]) -> None:
+    """``_emit`` sends an event's first encoding unscrubbed when ``Redactor.may_change`` says
+    no: that must only ever happen when scrubbing would have changed nothing, for any secrets
+    (quotes, backslashes, control characters, non-ASCII) and any strings, keys included."""
+    r = convert.Redactor(secret_values=secret_list)
+    cores = [s.strip() for s in secret_list if len(s.strip()) >= 4]
+    # Strings that hold a secret (or a URL with credentials) often, as well as arbitrary ones.
+    text = st.one_of(
+        _json_text,
+        st.builds(lambda a, s, b: a + s + b, _json_text, st.sampled_from(cores or ["none"]), _json_text),
+        st.builds(lambda a, b: f"{a}https://u:p@{b}", _json_text, _json_text),
+    )
+    value = data.draw(st.recursive(
+        st.one_of(text, st.integers(-5, 5), st.none(), st.booleans()),
+        lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(text, inner, max_size=4)),
+        max_leaves=12,
+    ))
+    if not r.may_change(dumps(value)):
+        assert r.scrub_all(value) == value
