@@ -275,12 +275,18 @@ class Tracker:
 
     @defer.inlineCallbacks
     def _build_data(self, st: _Build) -> Any:
+        # Cache hits (nearly always) are read here rather than through the lookups: each
+        # inlineCallbacks call costs a generator and a Deferred, on every build and step event.
         p = st.payload
-        name, tags = yield self._builder(convert.get(p, "builderid"))
-        worker = yield self._worker(convert.get(p, "workerid"))
-        req = yield self._request(convert.get(p, "buildrequestid"))
+        builderid = convert.get(p, "builderid")
+        builder = self.builders.get(builderid)
+        name, tags = builder if builder is not None else (yield self._builder(builderid))
+        workerid = convert.get(p, "workerid")
+        worker = self.workers.get(workerid) if workerid in self.workers else (yield self._worker(workerid))
+        brid = convert.get(p, "buildrequestid")
+        req = self.requests.get(brid) if brid in self.requests else (yield self._request(brid))
         bsid = req["buildsetid"] if req else None
-        bs = yield self._buildset(bsid)
+        bs = self.buildsets.get(bsid) if bsid in self.buildsets else (yield self._buildset(bsid))
         if self.secrets_for_build is not None:
             self.redactor.add_secrets(self.secrets_for_build(st.buildid))
         st.data = convert.build_data(
@@ -375,8 +381,9 @@ class Tracker:
         bsid = convert.get(payload, "buildsetid")
         builderid = convert.get(payload, "builderid")
         self.requests.put(brid, {"builderid": builderid, "buildsetid": bsid})
-        name, _tags = yield self._builder(builderid)
-        bs = yield self._buildset(bsid)
+        builder = self.builders.get(builderid)
+        name, _tags = builder if builder is not None else (yield self._builder(builderid))
+        bs = self.buildsets.get(bsid) if bsid in self.buildsets else (yield self._buildset(bsid))
         if bs is not None and event == "new" and name not in bs["builders"]:
             bs["builders"].append(name)
         out.append((types[event], convert.request_data(payload, builder=name, buildset=bs)))
@@ -390,7 +397,7 @@ class Tracker:
             self.buildsets.put(bsid, data)
             out.append(("buildset.submitted", data))
         elif event == "complete":
-            known = yield self._buildset(bsid)
+            known = self.buildsets.get(bsid) if bsid in self.buildsets else (yield self._buildset(bsid))
             stamps = known["sourcestamps"] if known else []
             data = convert.buildset_data(payload, builders=known["builders"] if known else [])
             if data["scheduler"] is None and known:
