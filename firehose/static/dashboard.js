@@ -32,7 +32,7 @@
     lastGreen: null,
     cursor: null,             // last event applied
   };
-  const conn = { transport: null, state: "connecting", attempt: 0, wsBlocked: 0, socket: null, generation: 0 };
+  const conn = { transport: null, state: "connecting", stream: null };   // stream: FirehoseStream (stream.js)
   const cellEls = new Map();  // revision + "\0" + builder -> td
   const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
   const enc = encodeURIComponent;
@@ -314,9 +314,7 @@
     }
   }
 
-  function handle(msg) {
-    if (msg.type === "gap") return onGap(msg);
-    if (!msg.type || !msg.type.includes(".")) return;         // control messages: subscribed, pong
+  function handle(msg) {                                      // an event (stream.js passes no control message)
     if (model.cursor && offsetOf(msg.id) <= offsetOf(model.cursor) && msg.id.split(":")[0] === model.cursor.split(":")[0]) return;
     apply(msg);
     model.cursor = msg.id;
@@ -324,8 +322,7 @@
 
   function onGap(gap) {
     if (gap.reason === "slow" || gap.reason === "error") {
-      model.cursor = gap.cursor;
-      if (conn.socket && conn.socket.readyState === 1) subscribe(conn.socket);
+      model.cursor = gap.cursor;                              // stream.js resumes from there
     } else {
       resync();                                               // history we cannot replay: take a new snapshot
     }
@@ -336,7 +333,7 @@
     if (resyncing) return resyncing;
     resyncing = loadSnapshot().catch(() => {}).then(() => {
       resyncing = null;
-      if (conn.socket && conn.socket.readyState === 1) subscribe(conn.socket);
+      if (conn.stream) conn.stream.restart(model.cursor);     // follow on from the new snapshot
     });
     return resyncing;
   }
@@ -673,64 +670,13 @@
     ui.connection.dataset.transport = conn.transport || "";
   }
 
-  function retryDelay() {
-    conn.attempt = Math.min(conn.attempt + 1, 6);
-    return Math.min(15000, 500 * 2 ** (conn.attempt - 1)) * (0.75 + Math.random() / 2);
-  }
-
-  function subscribe(ws) {
-    const filter = view.builder ? { builder: view.builder.split(",").map((s) => s.trim()).filter(Boolean) } : {};
-    ws.send(JSON.stringify({ cmd: "subscribe", filter, since: model.cursor || "now" }));
-  }
-
+  // WebSocket, long-poll when WebSocket is blocked, resume by cursor after a drop: stream.js.
   function connect() {
-    const generation = ++conn.generation;
-    if (view.transport === "longpoll" || !("WebSocket" in window) || conn.wsBlocked >= 2) return longPoll(generation);
-    const ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`);
-    conn.socket = ws;
-    let acknowledged = false;                                 // the server answered over this socket
-    ws.onopen = () => subscribe(ws);
-    ws.onmessage = (m) => {
-      const msg = JSON.parse(m.data);
-      if (msg.type === "subscribed") {
-        acknowledged = true; conn.wsBlocked = 0; conn.attempt = 0; setState("live", "websocket"); return;
-      }
-      if (msg.type === "error") { console.warn("firehose:", msg.message); return; }
-      handle(msg);
-    };
-    ws.onclose = async () => {
-      if (generation !== conn.generation) return;
-      conn.socket = null;
-      setState("reconnecting");
-      if (!acknowledged) {
-        // Did WebSocket fail while plain HTTP works? Then something blocks WebSocket: use long-poll.
-        try { await api("/health"); conn.wsBlocked++; } catch (e) { /* the server is down: keep trying */ }
-      }
-      setTimeout(connect, conn.wsBlocked >= 2 ? 0 : retryDelay());
-    };
-  }
-
-  async function longPoll(generation) {
-    setState(conn.state === "live" ? "live" : "connecting", "long-poll");
-    let wait = 0;                                             // the first poll answers at once: we are live
-    while (generation === conn.generation) {
-      try {
-        const since = model.cursor || "now";
-        const r = await fetch(`/poll?since=${enc(since)}&timeout=${wait}&limit=500&${filterQuery()}`, { cache: "no-store" });
-        const body = await r.json();
-        if (!r.ok) throw new Error(body.message);
-        conn.attempt = 0;
-        wait = 25;
-        setState("live", "long-poll");
-        if (body.gap) { onGap(body.gap); if (body.gap.reason !== "slow" && body.gap.reason !== "error") await resync(); continue; }
-        for (const ev of body.events) handle(ev);
-        model.cursor = body.cursor;
-      } catch (e) {
-        setState("reconnecting");
-        wait = 0;
-        await new Promise((resolve) => setTimeout(resolve, retryDelay()));
-      }
-    }
+    const filter = view.builder ? { builder: view.builder.split(",").map((s) => s.trim()).filter(Boolean) } : {};
+    conn.stream = FirehoseStream.follow({
+      since: model.cursor, filter, transport: view.transport === "longpoll" ? "longpoll" : undefined,
+      onEvent: handle, onGap, onState: setState,
+    });
   }
 
   window.firehoseDashboard = { model, conn, view, grid, watchChecks };     // for tests and the curious

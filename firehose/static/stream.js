@@ -1,7 +1,7 @@
 // firehose stream follower for the pages: WebSocket /ws from a snapshot's cursor, long-poll /poll
 // when WebSocket is blocked, resume by cursor after a drop. No build step: plain browser JavaScript.
 //   const s = FirehoseStream.follow({ since, filter, onEvent, onGap, onState });
-//   s.cursor          the last position applied; s.stop()
+//   s.cursor          the last position applied; s.stop(); s.restart(cursor) after a new snapshot
 // `filter` is the stream filter as JSON ({builder: ["linux*"], type: ["build.finished"]}).
 // `onGap(gap)` is called for a gap (the events between are not coming): refetch what you show.
 // `onState(state, transport)`: "connecting", "live", "reconnecting".
@@ -43,6 +43,7 @@
       const subscribe = () => ws.send(JSON.stringify({ cmd: "subscribe", filter: filter || {}, since: s.cursor }));
       ws.onopen = subscribe;
       ws.onmessage = (m) => {
+        if (generation !== s.generation) return;                  // a socket restart() dropped
         const msg = JSON.parse(m.data);
         if (msg.type === "subscribed") { acknowledged = true; s.wsBlocked = 0; s.attempt = 0; state("live", "websocket"); return; }
         if (msg.type === "error") { console.warn("firehose:", msg.message); return; }
@@ -66,6 +67,7 @@
         try {
           const r = await fetch(`/poll?since=${encodeURIComponent(s.cursor)}&timeout=${wait}&limit=500&${query(filter)}`, { cache: "no-store" });
           const body = await r.json();
+          if (generation !== s.generation || s.stopped) return;    // restart() began another loop
           if (!r.ok) throw new Error(body.message);
           s.attempt = 0; wait = 25;
           state("live", "long-poll");
@@ -81,6 +83,15 @@
     }
 
     s.stop = () => { s.stopped = true; s.generation++; if (s.socket) s.socket.close(); };
+    // Follow again from `cursor` (after a new snapshot): the old socket or poll loop is dropped.
+    s.restart = (cursor) => {
+      s.cursor = cursor || "now";
+      s.generation++;
+      const old = s.socket;
+      s.socket = null;
+      if (old) old.close();
+      connect();
+    };
     state("connecting");
     connect();
     return s;

@@ -12,6 +12,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -231,3 +232,26 @@ def test_header_labels_fit_and_a_running_cell_shows_elapsed_against_the_median(d
     label = running.get_attribute("aria-label")
     assert "elapsed of a 2m00s median" in label, label
     assert "--progress" in (running.get_attribute("style") or "")
+
+
+def test_a_new_journal_behind_the_same_url_is_a_gap_the_page_resyncs_from(demo: Any, page: Any) -> None:
+    """The server comes back with a new journal (another epoch): the page's cursor gets an
+    ``epoch`` gap, so it takes a new snapshot and follows on from it, without a reload."""
+    server, s = demo
+    history(s)
+    feed(server, s)
+    page.goto(server.url + "/")
+    page.wait_for_selector('#connection[data-state="live"]')
+    page.wait_for_selector('td.cell[data-rev="r1"][data-builder="linux"]')
+    page.evaluate("window.__notReloaded = true")
+    assert server.stop() == 0
+    for suffix in ("", "-wal", "-shm", ".state"):
+        Path(str(server.db) + suffix).unlink(missing_ok=True)
+    server.start()
+    fresh = Scenario("bm1", incarnation="i2", start=T0 + 1000)
+    fresh.build("started", 50, "linux", "r9", started_at=T0 + 1000, at=T0 + 1000)
+    feed(server, fresh)
+    page.wait_for_selector('td.cell[data-rev="r9"][data-builder="linux"][data-state="running"]')
+    page.wait_for_selector('tr[data-rev="r1"]', state="detached")   # the old journal's revisions are gone
+    page.wait_for_selector('#connection[data-state="live"]')
+    assert page.evaluate("window.__notReloaded") is True
