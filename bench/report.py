@@ -88,9 +88,13 @@ def rows(res: dict[str, Any], bb: dict[str, Any] | None) -> list[Row]:
     def all_of(scen: str, offered: float, digits: int = 0) -> None:
         got = _s(res, scen, "rate")
         frac = _s(res, scen, "delivered_fraction")
+        pub = _s(res, scen, "published_fraction")
         shown = fmt(got, "/s", digits)
         if frac:
-            shown += f" ({100 * frac['median']:.1f}% of {offered:,.0f})"
+            shown += f" ({100 * frac['median']:.1f}% of {offered:,.0f}"
+            if pub and pub["median"] < ALL_DELIVERED:
+                shown += f"; the publisher sent only {100 * pub['median']:.0f}% of its schedule"
+            shown += ")"
         add_ok(f"{label[scen]}: deliveries/s", f"all {offered:,.0f}/s", before.get(scen, "-"), frac, "",
                lambda v: v >= ALL_DELIVERED, shown=shown)
 
@@ -143,13 +147,19 @@ def rows(res: dict[str, Any], bb: dict[str, Any] | None) -> list[Row]:
         other = _s(res, "startup", f"{when}_api_other_answers")
         warm = _s(res, "startup", f"{when}_api_warming_answers")
         correct = _s(res, "startup", f"{when}_api_correct_s")
-        shown = f"{fmt(correct, ' s', 2)}; before it {fmt(warm, '', 0)} warming_up, {fmt(wrong, '', 0)} wrong"
+        cpu = _s(res, "startup", f"{when}_cpu_s")
+        shown = (f"{fmt(correct, ' s', 2)} ({fmt(cpu, ' s', 2)} of server CPU); before it {fmt(warm, '', 0)} "
+                 f"warming_up, {fmt(wrong, '', 0)} wrong")
         if other and other["max"]:
             shown += f", {fmt(other, '', 0)} other"
         # any wrong (200 but not the journal's state) or unexpected answer in any run misses it
         clean = not (wrong and wrong["max"]) and not (other and other["max"])
         add_ok(f"start-up, {word}: to a correct `/api/builders`", "only correct or `warming_up` answers", "-",
                correct, "", lambda _v, clean=clean: clean, shown=shown)
+    floor = _s(res, "startup", "empty_listening_s")
+    if floor:
+        r.append(("start-up, empty journal (interpreter, imports, listen): to listening", "(the floor)", "-",
+                  fmt(floor, " s", 2), "-"))
     add("idle WebSocket subscriber: server RSS each", "<= 8 KB", "10.0 KB", _s(res, "idle", "kb_per_connection"),
         " KB", "<=", 8, 2)
     if bb:
@@ -214,7 +224,8 @@ def scenario_rows(res: dict[str, Any]) -> list[str]:
         if scen == "startup":
             out.append(f"| startup | first start: listening {g('first_listening_s', ' s', 2)}, correct /api "
                        f"{g('first_api_correct_s', ' s', 2)}; restart: {g('restart_listening_s', ' s', 2)}, "
-                       f"{g('restart_api_correct_s', ' s', 2)} | | | | | | {g('restart_rss_mb', ' MB')} |")
+                       f"{g('restart_api_correct_s', ' s', 2)}; empty journal: {g('empty_listening_s', ' s', 2)} | | | | | | "
+                       f"{g('restart_rss_mb', ' MB')} |")
             continue
         if scen == "filtered":
             rate, lat = g("filtered_rate", "/s", 0), f"{g('filtered_p50_ms')} / {g('filtered_p99_ms', ' ms')}"

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from bench.common import BUILD, Loadgen, Server, http_json, log, window
+from bench.common import BUILD, Loadgen, Server, cpu_seconds, http_json, log, runqueue_wait_seconds, window
 
 SUBSCRIBE = '{"cmd":"subscribe"}'
 
@@ -110,6 +110,8 @@ def _fanout(p: Params, mode: str, subs: int, rate: float, extra: list[str] | Non
     rep["subscribed"] = n
     rep["offered_deliveries"] = rate * subs
     rep["delivered_fraction"] = rep["rate"] / (rate * subs) if rate * subs else None
+    # below 1: the publisher fell behind its schedule (answers slower than its masters' rate)
+    rep["published_fraction"] = rep["pub_rate"] / rate if rate else None
     rep["ev_per_post"] = rep["pub_events"] / rep["pub_batches"] if rep["pub_batches"] else None
     return rep
 
@@ -388,6 +390,11 @@ def _timed_start(server: Server, expected: dict[str, int], timeout: float, poll:
     else:
         raise RuntimeError(f"no correct /api/builders answer within {timeout}s: {out}; {server.tail()}")
     out["rss_mb"] = server.rss() / 2**20
+    # the process is new: its CPU and run-queue wait so far are the start-up's
+    el = time.monotonic() - t0
+    out["cpu_s"] = cpu_seconds(server.pid)
+    wait = runqueue_wait_seconds(server.pid)
+    out["server_runq_wait_pct"] = 100.0 * wait / el if wait is not None and el > 0 else None
     return out
 
 
@@ -399,6 +406,12 @@ def startup(p: Params) -> dict[str, Any]:
     # A journal only ever copied, never served: the resume scenario's one is served (and may
     # carry a checkpoint a clean stop wrote), so it cannot give a first start.
     src = make_journal(os.path.join(BUILD, f"startup-{n}.sqlite"), n)
+    # what a start costs without a journal to read (interpreter, imports, listening): the floor
+    empty = Server()
+    try:
+        floor = _timed_start(empty, {}, p.startup_timeout)
+    finally:
+        empty.stop()
     server = Server()
     try:
         t0 = time.monotonic()
@@ -414,8 +427,10 @@ def startup(p: Params) -> dict[str, Any]:
     finally:
         server.stop()
     out: dict[str, Any] = {f"first_{k}": v for k, v in first.items() if not isinstance(v, str)}
+    out["server_runq_wait_pct"] = max(first["server_runq_wait_pct"] or 0, second["server_runq_wait_pct"] or 0)
     out.update({f"restart_{k}": v for k, v in second.items() if not isinstance(v, str)})
-    out.update({"events": n, "stop_s": stop_s, "stop_exit_status": rc, "copy_s": copy_s})
+    out.update({"events": n, "stop_s": stop_s, "stop_exit_status": rc, "copy_s": copy_s,
+                "empty_listening_s": floor["listening_s"], "empty_api_correct_s": floor["api_correct_s"]})
     log(f"startup: files beside the journal after a clean stop: {beside}")
     return out
 
