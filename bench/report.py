@@ -237,6 +237,8 @@ def scenario_rows(res: dict[str, Any]) -> list[str]:
                 rate = f"{g('requests_per_s', ' req/s', 0)}, {g('events_per_s', ' ev/s', 0)} (ingest)"
             elif _s(res, scen, "rate") and _s(res, scen, "rate")["median"] > 0:
                 rate = g("rate", "/s", 0)
+            elif _s(res, scen, "deliveries_per_s"):
+                rate = g("deliveries_per_s", "/s", 0)
             else:
                 rate = g("events_per_s", " ev/s", 0)
             lat = f"{g('p50_ms')} / {g('p99_ms', ' ms')}"

@@ -294,10 +294,12 @@ def resume(p: Params, repeats: int = 1) -> list[dict[str, Any]]:
                                         "--sub", '{"cmd":"subscribe","since":"earliest"}'], max_time=240)
             try:
                 c0 = server.cpu()
+                w0 = runqueue_wait_seconds(server.pid)
                 t1 = time.monotonic()
                 gen.start()
                 rep = gen.wait_line(240)
                 c1 = server.cpu()
+                w1 = runqueue_wait_seconds(server.pid)
                 g1 = gen.cpu()  # from its start: the generator was started for this run
                 wall = time.monotonic() - t1
             finally:
@@ -309,6 +311,7 @@ def resume(p: Params, repeats: int = 1) -> list[dict[str, Any]]:
                 "server_cpu_s": c1 - c0, "cpu_us_per_event": (c1 - c0) * 1e6 / max(1, rep["all_deliveries"]),
                 "server_cpu_pct": 100.0 * (c1 - c0) / wall,
                 "loadgen_cpu_pct": 100.0 * g1 / wall if g1 is not None else None,
+                "server_runq_wait_pct": 100.0 * (w1 - w0) / wall if w0 is not None and w1 is not None else None,
                 "server_rss_mb": server.rss() / 2**20, "server_startup_s": startup,
             })
     finally:
@@ -506,7 +509,7 @@ def slow(p: Params) -> dict[str, Any]:
         first = window(server.pid, gen, p.window)
         second = window(server.pid, gen, p.window)
         return {
-            "loadgen_cpu_pct": second["loadgen_cpu_pct"],
+            "loadgen_cpu_pct": second["loadgen_cpu_pct"], "server_runq_wait_pct": second["server_runq_wait_pct"],
             "readers": subs - noread, "non_readers": noread,
             "p50_ms": second["p50_ms"], "p99_ms": second["p99_ms"], "p99_first_window_ms": first["p99_ms"],
             "deliveries_per_s": second["rate"], "server_cpu_pct": second["server_cpu_pct"],
