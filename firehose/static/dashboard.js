@@ -84,7 +84,11 @@
     model.cursor = answers.map((a) => a.cursor).sort((a, b) => offsetOf(a) - offsetOf(b))[0];
     await refreshLastGreen();
     renderGrid(); renderRunning(); renderQueue();
-    for (const rev of Object.keys(watches.all())) askRevision(rev);   // watched pushes, on screen or not
+    const week = Date.now() - 7 * 86400e3;
+    for (const [rev, w] of Object.entries(watches.all())) {              // watched pushes, on screen or not
+      if (w.notified && (w.at || 0) < week) watches.put(rev, null);        // told a week ago: forget it
+      else askRevision(rev);
+    }
   }
 
   let greenTimer = null;
