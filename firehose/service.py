@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 from typing import Any
 
@@ -169,11 +170,14 @@ class FirehoseServer:
                 age=max(0.0, time.time() - found.written_at), n=max(0, journal.head - found.offset),
             )
             last = (found.offset, found.last) if found.last is not None else None
+            # The loaded state lives long: out of the cyclic collector's walks (checkpoint.py).
+            gc.freeze()
             feed = StateFeed(found.state, journal, self.reactor, start_after=found.offset,
-                             source="checkpoint", last=last)
+                             source="checkpoint", last=last, freeze_gc=True)
         else:
             start = max(journal.earliest - 1, journal.head - checkpoint.STATE_WINDOW)
-            feed = StateFeed(BuildState(), journal, self.reactor, start_after=start, source="journal")
+            feed = StateFeed(BuildState(), journal, self.reactor, start_after=start, source="journal",
+                             freeze_gc=True)
         self.checkpointer = None
         if path is not None:
             self.checkpointer = Checkpointer(path, feed, journal, self.reactor, self.config.checkpoint_interval)

@@ -640,3 +640,18 @@ def test_a_site_without_a_feed_has_no_gate() -> None:
                                  state=state).resource)
     assert get(client, "/api/queue")[0] == 200
     assert "state" not in get(client, "/health")[1]
+
+
+def test_the_server_feed_freezes_what_it_built_after_each_page(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``freeze_gc`` (the server's feeds), each applied page is moved out of the cyclic
+    collector's walks; without it (the default) the collector is left alone."""
+    import gc
+
+    frozen: list[int] = []
+    monkeypatch.setattr(gc, "freeze", lambda: frozen.append(1))
+    journal = journal_of(5)
+    clock = Clock()
+    warm(StateFeed(BuildState(), journal, clock, start_after=0, source="journal", page=2), clock)
+    assert frozen == []
+    warm(StateFeed(BuildState(), journal, clock, start_after=0, source="journal", page=2, freeze_gc=True), clock)
+    assert len(frozen) == 3  # pages of 2, 2 and 1 events
