@@ -390,14 +390,16 @@ class LastGreenEndpoint(_Endpoint):
 
 def _stats(durations: list[float]) -> dict[str, Any]:
     ordered = sorted(durations)
+    n = len(ordered)
 
     def pct(p: float) -> float:
-        return ordered[min(len(ordered) - 1, max(0, math.ceil(p * len(ordered)) - 1))]
+        return ordered[min(n - 1, max(0, math.ceil(p * n) - 1))]
 
+    total = sum(ordered)
     return {
-        "count": len(ordered),
-        "total": sum(ordered),
-        "mean": sum(ordered) / len(ordered),
+        "count": n,
+        "total": total,
+        "mean": total / n,
         "p50": pct(0.50),
         "p95": pct(0.95),
         "max": ordered[-1],
@@ -430,11 +432,19 @@ class StepTimingsEndpoint(_Endpoint):
 
 
 def _bucketed(samples: Iterable[Sequence[Any]], since: float, bucket: float) -> dict[int, list[Sequence[Any]]]:
-    """Samples whose first item (a time) is in the window, by bucket index."""
+    """Samples whose first item (a time) is in the window, by bucket index.  (The loop runs
+    over every sample of every matched builder, 400,000 for 200 builders: kept tight.)"""
     groups: dict[int, list[Sequence[Any]]] = {}
+    get = groups.get
     for sample in samples:
-        if sample[0] >= since:
-            groups.setdefault(int(sample[0] // bucket), []).append(sample)
+        start = sample[0]
+        if start >= since:
+            index = int(start // bucket)
+            group = get(index)
+            if group is None:
+                groups[index] = [sample]
+            else:
+                group.append(sample)
     return groups
 
 
