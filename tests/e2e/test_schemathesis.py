@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -83,11 +84,25 @@ def sth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProce
         from tests.e2e.conftest import Master
 
         master = Master("m1")
+        now = float(int(time.time()))
         server.ingest([master.event("request.submitted", revision="r1", branch="main"),
                        master.event("build.started", revision="r1", branch="main"),
                        master.event("step.started"), master.event("step.finished", duration=2.0),
                        master.event("build.finished", result="success", results=0, revision="r1",
-                                    branch="main")])
+                                    branch="main"),
+                       # A request that waited, and a failed build with a log tail: /api/waits,
+                       # /api/trend's failures and the pushlog's have something to answer.
+                       master.event("request.submitted", buildrequestid=50, revision="r2", branch="main",
+                                    submitted_at=now - 60),
+                       master.event("build.started", buildid=50, buildrequestid=50, revision="r2", branch="main",
+                                    started_at=now - 30),
+                       master.event("step.started", buildid=50, stepid=50, started_at=now - 29),
+                       master.event("log.lines", buildid=50, stepid=50, logid=50, name="stdio", first_line=0,
+                                    lines=["FAIL: test_one"]),
+                       master.event("step.finished", buildid=50, stepid=50, result="failure", results=2,
+                                    state="test failed", duration=3.0),
+                       master.event("build.finished", buildid=50, buildrequestid=50, result="failure", results=2,
+                                    revision="r2", branch="main", started_at=now - 30, duration=9.0)])
         yield server
     finally:
         server.kill()
