@@ -194,11 +194,13 @@ def is_green(row: Mapping[str, Any], builders: Callable[[str], bool] | None = No
 def failures(row: Mapping[str, Any], builders: Callable[[str], bool] | None = None) -> list[dict[str, Any]]:
     """The counted cells that finished with a result in :data:`FAILED`, by builder name:
     ``{"builder", "master", "buildid", "result"}`` (``buildid`` is ``None`` for a request that
-    failed before it got a build)."""
+    failed before it got a build).  A build finished without a result (lost when its master
+    restarted) is an ``exception``, as :func:`revision_status` counts it."""
     return [
-        {"builder": name, "master": cell.get("master"), "buildid": cell.get("buildid"), "result": cell["result"]}
+        {"builder": name, "master": cell.get("master"), "buildid": cell.get("buildid"),
+         "result": cell["result"] or "exception"}
         for name, cell in sorted(_counted_cells(row, builders), key=lambda item: item[0])
-        if cell["state"] == "finished" and cell["result"] in FAILED
+        if cell["state"] == "finished" and (cell["result"] or "exception") in FAILED
     ]
 
 

@@ -364,25 +364,31 @@ class BuildState:
             info["last_seq"] = data["last_seq"]
         if verb == "started":
             info["started_at"] = time
-            self._reconcile(master, data)
+            self._reconcile(master, data, time)
 
-    def _reconcile(self, master: str, snapshot: dict[str, Any]) -> None:
-        """A master restarted: what it no longer runs or queues is over, whatever we last heard."""
+    def _reconcile(self, master: str, snapshot: dict[str, Any], time: float) -> None:
+        """A master restarted: what it no longer runs or queues is over, whatever we last heard
+        (and the pushlog says so: a lost build is a finished cell without a result, which
+        counts as an exception; a lost request a cancelled one).  ``firehose wait`` does the
+        same (``RevisionTracker``)."""
         running = snapshot.get("running")
         if isinstance(running, list):
             alive = {b.get("buildid") for b in running if isinstance(b, dict)}
-            for build in self.running(master=master):
-                if build["buildid"] not in alive:
-                    build["finished"] = True
-                    build["lost"] = True
-                    build["state"] = "lost when its master restarted"
+            for build in [b for b in self.running(master=master) if b["buildid"] not in alive]:
+                build["finished"] = True
+                build["lost"] = True
+                build["state"] = "lost when its master restarted"
+                self._keep_tails(build)
+                self._cell(build.get("branch"), build.get("pushed_revision") or build.get("revision"),
+                           build.get("builder") or "?", time, build=build)
         queued = snapshot.get("queued")
         if isinstance(queued, list):
             waiting = {r.get("buildrequestid") for r in queued if isinstance(r, dict)}
-            for request in self.queue(master=master):
-                if request["buildrequestid"] not in waiting:
-                    request["status"] = "cancelled"
-                    request["lost"] = True
+            for request in [r for r in self.queue(master=master) if r["buildrequestid"] not in waiting]:
+                request["status"] = "cancelled"
+                request["lost"] = True
+                self._cell(request.get("branch"), request.get("revision"), request.get("builder") or "?", time,
+                           request=request)
 
     # The pushlog.
 

@@ -36,7 +36,8 @@ from firehose.pushes import (
 #: Results of one build that are no failure (a revision passes when it is green:
 #: :data:`firehose.pushes.GREEN`).
 OK_RESULTS = frozenset({*GREEN, "skipped"})
-_WAIT_TYPES = ["buildset.submitted", "buildset.completed", "request.*", "build.started", "build.finished"]
+_WAIT_TYPES = ["buildset.submitted", "buildset.completed", "request.*", "build.started", "build.finished",
+               "master.started"]
 
 _Key = tuple[Any, int]
 
@@ -59,6 +60,7 @@ class _Item:
     master: str | None = None
     started_at: float | None = None
     status: str | None = None  # a request's: pending, claimed, completed, cancelled
+    lost: bool = False  # a build its master no longer ran when it restarted
 
     @property
     def outcome(self) -> str:
@@ -68,6 +70,8 @@ class _Item:
             return "cancelled"
         if self.kind == "request" and self.status == "completed":
             return self.result or "skipped"
+        if self.lost and self.result is None:
+            return "lost (exception)"
         return self.result or "unknown"
 
     @property
@@ -160,7 +164,9 @@ class RevisionTracker:
     (:func:`firehose.pushes.place`), and :attr:`status` is
     :func:`firehose.pushes.revision_status` of the cells: the revision is *done* when every
     counted build finished (a build that ends in ``retry`` counts as queued; a request cancelled
-    or collapsed before it got a build does not count).
+    or collapsed before it got a build does not count; a build a restarted master no longer
+    runs is over, as on the server).  Feed it events in the journal's order, as :func:`wait`
+    does, and it holds exactly the server's cells.
 
     :param revision: the revision; ``*`` is a wildcard (``4d2c*`` for a short hash).
     :param builder: only builds of builders matching this glob.
@@ -217,7 +223,35 @@ class RevisionTracker:
             return self._request(verb, master, data)
         if entity == "build":
             return self._build(verb, master, data)
+        if entity == "master" and verb == "started":
+            return self._restarted(master, data)
         return None
+
+    def _restarted(self, master: Any, snapshot: Mapping[str, Any]) -> str | None:
+        """A master restarted (its ``master.started`` snapshot): its builds it no longer runs
+        are over without a result, its requests it no longer queues cancelled, as the server's
+        state reconciles them."""
+        lines = []
+        running = snapshot.get("running")
+        if isinstance(running, list):
+            alive = {b.get("buildid") for b in running if isinstance(b, Mapping)}
+            for (where, buildid), item in self.builds.items():
+                if where == master and not item.done and buildid not in alive:
+                    item.done = item.lost = True
+                    self.finished.append(item)
+                    assert item.builder is not None
+                    place(self.cells, item.builder,
+                          build_cell(master, buildid, item.number, True, item.result, item.started_at, item.brid))
+                    lines.append(f"{item.label()}: lost when its master restarted")
+        queued = snapshot.get("queued")
+        if isinstance(queued, list):
+            waiting = {r.get("buildrequestid") for r in queued if isinstance(r, Mapping)}
+            for (where, brid), item in self.requests.items():
+                if where == master and item.status == "pending" and brid not in waiting:
+                    item.status, item.done = "cancelled", True
+                    assert item.builder is not None
+                    place(self.cells, item.builder, request_cell(master, brid, item.status, item.result))
+        return "\n".join(lines) or None
 
     def _buildset(self, verb: str, master: Any, data: Mapping[str, Any]) -> str | None:
         bsid = data.get("buildsetid")
@@ -369,36 +403,43 @@ def wait(
         the start (with ``fail_fast``).
     """
     tracker = RevisionTracker(revision, branch, builder)
-    progress = on_progress or (lambda line: None)
+    reported: set[str] = set()
+
+    def report(line: str | None) -> None:
+        if line and line not in reported:
+            reported.add(line)
+            (on_progress or (lambda _: None))(line)
+
     # History, filtered by the server on the revision: cheap even with a long journal.
     history = Stream(url, {"revision": [revision]}, since, stop_after=timeout, fail_fast=fail_fast,
                      poll_timeout=0.5, limit=1000)
-    first_match: str | None = None
+    first: Mapping[str, Any] | None = None
     for _ in range(1_000_000):
         batch = history.fetch()
         for event in batch:
             if is_event(event):
-                first_match = first_match or event["id"]
-                line = tracker.feed(event)
-                if line:
-                    progress(line)
+                first = first or event
+                report(tracker.feed(event))
         if not batch or history.timed_out:
             break
     if tracker.done or history.timed_out:
         return tracker.result(timed_out=history.timed_out and not tracker.done)
-    # Live: every request/build event, matched here, because a build's revision may differ from
-    # the one submitted (got_revision) and still belong.  The history's filter hid such events,
-    # and its cursor has moved past them: so follow from the first event the history found (the
-    # tracker takes an event twice harmlessly); with none found, nothing earlier can belong.
+    # Live: every buildset, request, build and master restart, matched here, because a build's
+    # revision may differ from the one submitted (got_revision) and still belong, and a
+    # restarted master's snapshot ends builds it lost.  The history's filter hid such events,
+    # and its cursor has moved past them: so take everything again from the first event the
+    # history found, in the journal's order, in a new tracker (what the server's state does);
+    # with none found, nothing earlier can belong.
     remaining = None if history.deadline is None else history.deadline - time.monotonic()
-    live = Stream(url, {"type": _WAIT_TYPES, **({"builder": [builder]} if builder else {})},
-                  first_match or history.cursor, stop_after=remaining, limit=1000)
+    tracker = RevisionTracker(revision, branch, builder)
+    if first is not None:
+        report(tracker.feed(first))
+    live = Stream(url, {"type": _WAIT_TYPES}, first["id"] if first is not None else history.cursor,
+                  stop_after=remaining, limit=1000)
     for event in live:
         if not is_event(event):
             continue
-        line = tracker.feed(event)
-        if line:
-            progress(line)
+        report(tracker.feed(event))
         if tracker.done:
             return tracker.result()
     return tracker.result(timed_out=True)

@@ -248,3 +248,21 @@ def test_wait_agrees_with_the_pushlog(module_server, capsys):
         assert exit_code == code, out + err
     _, out, _ = main(capsys, "wait", module_server.url, "--revision", "agr111", "--timeout", "20s")
     assert "failure (superseded)" in out and "all 2 succeeded" in out
+
+
+def test_wait_and_the_pushlog_agree_on_a_build_lost_in_a_master_restart(module_server, capsys):
+    """A build its master no longer runs after a restart (the ``master.started`` snapshot) is
+    over for both: the pushlog says done with an exception and names it in ``failures``, and
+    ``wait`` exits 1 at once instead of waiting for its timeout."""
+    from firehose.client import query
+
+    events = try_push("agr444", {"try-lost": "success"}, buildsetid=90, first_buildrequestid=90,
+                      first_buildid=90, finish=False)
+    events.append({"type": "master.started", "time": events[-1]["time"] + 1, "data": {"running": [], "queued": []}})
+    ingest_events(module_server, events, master="m2", incarnation="agree-5")
+    (row,) = query(module_server.url, "revisions", revision="agr444")["revisions"]
+    assert (row["state"], row["result"]) == ("done", "exception")
+    assert [(f["builder"], f["result"]) for f in row["failures"]] == [("try-lost", "exception")]
+    code, out, err = main(capsys, "wait", module_server.url, "--revision", "agr444", "--timeout", "20s")
+    assert code == 1, out + err
+    assert "lost when its master restarted" in err and "1 of 1 failed (exception)" in out
