@@ -628,6 +628,9 @@ class Checkpointer:
         #: Offset of the newest checkpoint written (or loaded): nothing to write until it moves.
         self.saved_offset: int | None = None
         self.written = 0
+        #: How long the last fork took: the only pause a periodic checkpoint makes.
+        self.fork_seconds = 0.0
+        self.fork_cpu_seconds = 0.0
         self._loop: LoopingCall | None = None
         self._child: tuple[int, int, float] | None = None  # pid, offset, when started
         self._poll: IDelayedCall | None = None
@@ -654,6 +657,7 @@ class Checkpointer:
     def _fork(self) -> None:
         state, epoch, last = self.feed.state, self.journal.epoch, self.feed.last
         offset = state.offset
+        t0, c0 = time.perf_counter(), time.thread_time()
         pid = os.fork()
         if pid == 0:  # the child: write, and leave without running anything of the server's
             code = 1
@@ -670,6 +674,8 @@ class Checkpointer:
                     pass
             finally:
                 os._exit(code)
+        self.fork_seconds = time.perf_counter() - t0
+        self.fork_cpu_seconds = time.thread_time() - c0
         self._child = (pid, offset, self.clock.seconds())
         self._poll = self.clock.callLater(self.POLL, self._reap)
 
@@ -689,8 +695,10 @@ class Checkpointer:
         if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
             self.saved_offset = offset
             self.written += 1
-            log.info("state: checkpoint written to {path} in the background (offset {offset}, {s:.2f} s)",
-                     path=self.path, offset=offset, s=self.clock.seconds() - started)
+            log.info("state: checkpoint written to {path} in the background (offset {offset}, {s:.2f} s; "
+                     "the server paused {fork:.1f} ms to fork, {cpu:.1f} ms of CPU)",
+                     path=self.path, offset=offset, s=self.clock.seconds() - started, fork=self.fork_seconds * 1e3,
+                     cpu=self.fork_cpu_seconds * 1e3)
         else:
             log.warn("state: the background checkpoint failed (status {status}); the next period tries again",
                      status=status)
