@@ -49,8 +49,8 @@ replay reads those events from the journal instead.
 **The cyclic garbage collector.** Building a state makes hundreds of thousands of containers
 that live long; each full collection walks all of them (replaying 200,000 events made a dozen
 full collections, about 3 s of CPU in all, each a pause of the reactor of up to a second).  So the server
-freezes them (:func:`gc.freeze`) as it goes: after each page of a warm-up and after loading a
-checkpoint.  Frozen objects are still freed when nothing refers to them (the state holds no
+freezes them (:func:`gc.freeze`) as it goes: after each full page of a warm-up and after
+loading a large checkpoint.  Frozen objects are still freed when nothing refers to them (the state holds no
 reference cycles); they are only no longer walked by the collector.  A warm-up takes about
 half the CPU it took, and no collection pauses the reactor for long.
 
@@ -386,8 +386,9 @@ class StateFeed:
     :param source: ``"checkpoint"`` or ``"journal"``, for ``/health`` and the log.
     :param slice_seconds: the longest a slice of replay may run before the reactor's next turn.
     :param timer: the clock slices are measured with (a monotonic one).
-    :param freeze_gc: after each page, move every object then alive out of the cyclic
-        collector's reach (:func:`gc.freeze`), as the server does (see the module docstring).
+    :param freeze_gc: after each full page, move every object then alive out of the cyclic
+        collector's reach (:func:`gc.freeze`), as the server does (see the module docstring);
+        a short replay (a small journal, a test's) freezes nothing.
     """
 
     def __init__(
@@ -521,7 +522,7 @@ class StateFeed:
         self._apply_sliced(events, lambda: self._page_done(events, issued_head))
 
     def _page_done(self, events: list[Event], issued_head: int) -> None:
-        if self.freeze_gc:
+        if self.freeze_gc and len(events) >= self.page:
             gc.freeze()
         if events:
             self._after = max(self._after, events[-1].offset)

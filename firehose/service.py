@@ -20,10 +20,11 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-# Config and ConfigError are re-exported: ``FirehoseServer(Config(...))`` is how a server is
-# embedded (this module's docstring); their home is firehose.config.
 from firehose import checkpoint
 from firehose.checkpoint import Checkpointer, StateFeed
+
+# Config and ConfigError are re-exported: ``FirehoseServer(Config(...))`` is how a server is
+# embedded (this module's docstring); their home is firehose.config.
 from firehose.config import Config, ConfigError, check_config, checkpoint_path  # noqa: F401
 from firehose.hub import Hub, Pacing
 from firehose.ingest import IngestStats, MasterTokens
@@ -31,6 +32,10 @@ from firehose.journal import IJournal, MemoryJournal, SQLiteJournal
 from firehose.state import BuildState
 from firehose.web import FirehoseSite, build_site
 from firehose.webhooks.dispatcher import make_dispatcher
+
+#: A checkpoint at least this large (bytes of state) is frozen out of the cyclic collector's
+#: walks once loaded (see firehose.checkpoint); a small one is not worth it.
+FREEZE_AFTER_LOADING = 1 << 20
 
 
 class FirehoseServer:
@@ -170,8 +175,9 @@ class FirehoseServer:
                 age=max(0.0, time.time() - found.written_at), n=max(0, journal.head - found.offset),
             )
             last = (found.offset, found.last) if found.last is not None else None
-            # The loaded state lives long: out of the cyclic collector's walks (checkpoint.py).
-            gc.freeze()
+            if found.size >= FREEZE_AFTER_LOADING:
+                # The loaded state lives long: out of the cyclic collector's walks (checkpoint.py).
+                gc.freeze()
             feed = StateFeed(found.state, journal, self.reactor, start_after=found.offset,
                              source="checkpoint", last=last, freeze_gc=True)
         else:
