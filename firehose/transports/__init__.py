@@ -27,6 +27,8 @@ class SubscriptionProducer:
     current state, so a subscription never starts writing into a socket that is already full.
     """
 
+    __slots__ = ("subscription", "paused")
+
     def __init__(self, subscription: Subscription | None = None) -> None:
         self.subscription = subscription
         self.paused = False

@@ -40,6 +40,50 @@ from firehose.transports.frames import FrameCache, per_format
 CLOSE_POLICY_VIOLATION = 1008
 #: Longest piece of a client's own input quoted back in an error message.
 _QUOTE = 60
+#: What autobahn keeps of the opening handshake and never reads once the socket is open (the
+#: request's headers, bytes and parts, the answer): dropped at open, see :meth:`_shed`.
+_HANDSHAKE_ATTRS = (
+    "http_headers", "http_request_data", "http_response_data", "http_status_line", "http_request_params",
+    "http_request_uri", "http_request_path", "http_request_host", "_wskey", "websocket_protocols",
+    "websocket_extensions", "websocket_origin",
+)
+
+
+#: autobahn's server options copied onto every protocol that only its handshake reads: at open
+#: the copies go, and :class:`_FactoryOption` reads the factory's (the same values).
+_HANDSHAKE_OPTIONS = (
+    "versions", "webStatus", "perMessageCompressionAccept", "serveFlashSocketPolicy", "flashSocketPolicy",
+    "allowedOrigins", "allowedOriginsPatterns", "allowNullOrigin", "maxConnections", "trustXForwardedFor",
+    "openHandshakeTimeout", "tcpNoDelay",
+)
+
+
+class _FactoryOption:
+    """An option autobahn copies onto each protocol (``setattr`` at connection), read from the
+    instance while it has its own copy, else from its factory."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        own = obj.__dict__
+        return own[self.name] if self.name in own else getattr(obj.factory, self.name)
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        obj.__dict__[self.name] = value
+
+
+class _SendQueue(list[Any]):
+    """autobahn's queue of chopped and synchronous writes, as a list: an empty ``deque``
+    allocates a 64-slot block (~760 bytes) per socket, and this queue is empty unless autobahn
+    itself queues (it appends, tests its length and pops from the left; all it does is here)."""
+
+    __slots__ = ()
+
+    def popleft(self) -> Any:
+        return self.pop(0)
 
 
 class _SocketProducer(SubscriptionProducer):
@@ -50,6 +94,8 @@ class _SocketProducer(SubscriptionProducer):
     client sending pings and reading nothing grows the buffer without bound.  With it, its
     commands wait in its own socket until it reads.
     """
+
+    __slots__ = ("transport",)
 
     def __init__(self, transport: Any) -> None:
         super().__init__()
@@ -73,6 +119,8 @@ class _Feed:
     journal read in flight, it tells the socket when that read ends: the next subscription
     reads only then, so a flood of ``subscribe`` holds one read per socket, not one per command.
     """
+
+    __slots__ = ("ws", "frames", "current", "subscription")
 
     def __init__(self, ws: FirehoseWebSocket, frames: FrameCache) -> None:
         self.ws = ws
@@ -109,9 +157,44 @@ class FirehoseWebSocket(WebSocketServerProtocol):
     _producer: SubscriptionProducer | None = None
     _bucket: TokenBucket | None = None
     _tcp: Any = None
+    versions = _FactoryOption()
+    webStatus = _FactoryOption()
+    perMessageCompressionAccept = _FactoryOption()
+    serveFlashSocketPolicy = _FactoryOption()
+    flashSocketPolicy = _FactoryOption()
+    allowedOrigins = _FactoryOption()
+    allowedOriginsPatterns = _FactoryOption()
+    allowNullOrigin = _FactoryOption()
+    maxConnections = _FactoryOption()
+    trustXForwardedFor = _FactoryOption()
+    openHandshakeTimeout = _FactoryOption()
+    tcpNoDelay = _FactoryOption()
 
     def onConnect(self, request: ConnectionRequest) -> None:
         return None
+
+    def _connectionMade(self) -> None:
+        super()._connectionMade()
+        self.send_queue = _SendQueue()  # type: ignore[assignment]
+
+    def _shed(self) -> None:
+        """Drop what the open socket no longer needs of its handshake, then rebuild the
+        instance's dictionary to fit what stays.
+
+        An autobahn protocol holds some 100 attributes (its options are copied onto every
+        instance), past the size at which a dictionary doubles, plus the handshake's headers
+        and bytes: about 2.5 KB of an idle socket's ~10.  Deleting alone would not give the
+        memory back (a dictionary never shrinks when keys go); a new one sized for the rest
+        does.  The names dropped read as ``None`` from the class, should anything look.
+        """
+        attrs = self.__dict__
+        for name in _HANDSHAKE_ATTRS:
+            attrs.pop(name, None)
+        factory = self.factory
+        for name in _HANDSHAKE_OPTIONS:
+            if name in attrs and attrs[name] is getattr(factory, name):
+                del attrs[name]
+        self.__dict__ = dict(attrs)
 
     def onOpen(self) -> None:
         # autobahn 26 never applies its own tcpNoDelay option: without this, Nagle plus delayed
@@ -127,6 +210,7 @@ class FirehoseWebSocket(WebSocketServerProtocol):
         transport.registerProducer(self._producer, True)
         factory = self.factory
         self._bucket = TokenBucket(factory.commands_per_second, factory.command_burst, factory.reactor)
+        self._shed()
 
     def _allowed(self) -> bool:
         """Spend a token for a command (or a ping frame); past the limit, close with 1008."""
@@ -274,6 +358,11 @@ class FirehoseWebSocket(WebSocketServerProtocol):
         self._end_all()
         self._producer = None
         super().connectionLost(reason)
+
+
+# Dropped at open (_shed): should autobahn read one of them later, it reads None, not an error.
+for _name in _HANDSHAKE_ATTRS:
+    setattr(FirehoseWebSocket, _name, None)
 
 
 class FirehoseWebSocketFactory(WebSocketServerFactory):
