@@ -417,6 +417,10 @@ def _old_version(path: str) -> None:
     rewrite(path, lambda h: {**h, "key": checkpoint.state_key(b"an older firehose/state.py")})
 
 
+def _huge_length(path: str) -> None:
+    rewrite(path, lambda h: {**h, "length": 10**15})
+
+
 def _other_format(path: str) -> None:
     rewrite(path, lambda h: {**h, "format": 0})
 
@@ -443,6 +447,7 @@ def _not_json(path: str) -> None:
     (_empty, "not a firehose state checkpoint"),
     (_header_cut, "truncated"),
     (_truncated, "truncated"),
+    (_huge_length, "truncated or padded"),
     (_flipped, "SHA-256"),
     (_not_json, "not JSON"),
     (_bad_header, "'offset'"),
