@@ -106,8 +106,8 @@ def _requested_revision(data: dict[str, Any]) -> str | None:
 #: How many of the oldest entries eviction looks at for a finished one.
 _SCAN = 256
 
-#: The bounds of a step's log tail (``BuildState.log_tails``): its last lines, and at most
-#: this many bytes of them (UTF-8).
+#: The bounds of a step's log tail (``BuildState.live_tails``, ``failed_tails``): its last
+#: lines, and at most this many bytes of them (UTF-8).
 TAIL_LINES = 40
 TAIL_BYTES = 4096
 #: Results of a step that succeeded: its log tail is dropped when it finishes.
@@ -324,12 +324,11 @@ class BuildState:
                 self.failed_tails.popitem(last=False)
 
     def _keep_tails(self, build: BuildRecord) -> None:
-        """A build finished: the tails of steps it left unfinished go (or are kept, as failed
-        steps', when the build did not succeed)."""
+        """A build finished (or was lost): the tails of steps it left unfinished go, or are kept
+        as failed steps' when the build did not succeed."""
         for stepid, step in build["steps"].items():
             if not step.get("finished"):
-                key = (build["master"], stepid)
-                self._step_finished(key, build.get("result") if build.get("result") not in _STEP_OK else "success")
+                self._step_finished((build["master"], stepid), build.get("result"))
 
     def _sample_wait(self, build: BuildRecord) -> None:
         """The first build of a request ends its wait in the queue: sample it, once."""
