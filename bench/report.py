@@ -49,6 +49,13 @@ def fmt(s: dict[str, Any] | None, unit: str = "", digits: int = 1) -> str:
     return f"{f(s['median'])}{unit} ({f(s['min'])}-{f(s['max'])})"
 
 
+def _inverse(s: dict[str, Any] | None, k: float) -> dict[str, Any] | None:
+    """The summary of k / x from the summary of x (min and max swap)."""
+    if not s or not s["median"] or not s["min"] or not s["max"]:
+        return None
+    return {"median": k / s["median"], "min": k / s["max"], "max": k / s["min"], "n": s.get("n", 1)}
+
+
 def verdict(s: dict[str, Any] | None, ok: Any) -> str:
     if not s:
         return "n/a"
@@ -133,6 +140,9 @@ def rows(res: dict[str, Any], bb: dict[str, Any] | None) -> list[Row]:
         _s(res, "ingest", "events_per_s"), "/s", ">=", 25000)
     add("ingest, single-event POSTs from 10 masters: requests/s", ">= 3,000/s", "-",
         _s(res, "ingest_single", "requests_per_s"), "/s", ">=", 3000)
+    r.append(("ingest, single-event POSTs: server CPU per request (requests/s a whole core would answer)", "-", "-",
+              f"{fmt(_s(res, 'ingest_single', 'cpu_us_per_request'), ' us')} "
+              f"({fmt(_inverse(_s(res, 'ingest_single', 'cpu_us_per_request'), 1e6), '/s')})", "-"))
     ack50, ack99 = _s(res, "ingest_single", "pub_ack_p50_ms"), _s(res, "ingest_single", "pub_ack_p99_ms")
     r.append(("ingest, single-event POSTs: time to the 200, p50 / p99", "-", "-",
               f"{fmt(ack50, ' ms', 2)} / {fmt(ack99, ' ms', 2)}", "-"))

@@ -206,6 +206,8 @@ def _ingest(p: Params, masters: int, batch: int) -> dict[str, Any]:
     cpu = rep["server_cpu_pct"] / 100.0
     rep["cpu_us_per_event"] = cpu * 1e6 / rep["events_per_s"] if rep["events_per_s"] else None
     rep["cpu_us_per_request"] = cpu * 1e6 / rep["requests_per_s"] if rep["requests_per_s"] else None
+    # what a whole core would answer at this cost (the figure a contended run still gives)
+    rep["requests_per_core_s"] = 1e6 / rep["cpu_us_per_request"] if rep["cpu_us_per_request"] else None
     return rep
 
 
