@@ -33,6 +33,7 @@ from buildbot.interfaces import IRenderable
 from buildbot.util import service
 from twisted.internet import defer, task, threads
 from twisted.python import log
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from buildbot_plugin import convert
@@ -377,6 +378,7 @@ class FirehoseReporter(service.BuildbotService):
             return
         if len(self._raw) >= self.opts["queue_max_events"]:
             self._overflow += 1
+            self.tracker.lossy = True  # a properties update may be among the lost
             if self._overflow == 1 or self._overflow % 10000 == 0:
                 log.msg(
                     f"firehose: ERROR: conversion queue full; {self._overflow} Buildbot messages dropped "
@@ -428,7 +430,10 @@ class FirehoseReporter(service.BuildbotService):
                     self._emit("master.heartbeat", self._master_data(None), t)
                     events = []
                 else:
-                    events = yield self.tracker.handle(key, payload)
+                    d = self.tracker.handle(key, payload)
+                    # Most messages convert at once: take the result without a trip through
+                    # inlineCallbacks (a failure is re-raised by the yield).
+                    events = d.result if d.called and not isinstance(d.result, Failure) else (yield d)
             except Exception:  # noqa: BLE001 - one bad message must not stop the stream
                 log.err(None, f"firehose: cannot convert {key!r}; skipped")
                 continue

@@ -153,6 +153,13 @@ class Tracker:
         self.requests: _LRU = _LRU(cache_size)
         self.buildsets: _LRU = _LRU(cache_size)
         self.open_logs: dict[int, _Log] = {}
+        #: Builds from this id on were created after capture started (see :meth:`preload`):
+        #: every properties update of theirs was seen, so they finish without a lookup.
+        #: ``None``: unknown, every build's final properties are fetched.
+        self.first_live_buildid: int | None = None
+        #: Set when a message was lost before conversion (the reporter's queue was full): from
+        #: then on the final properties are always fetched.
+        self.lossy = False
 
     @classmethod
     def wants(cls, key: tuple[str, ...]) -> bool:
@@ -163,13 +170,21 @@ class Tracker:
 
     @defer.inlineCallbacks
     def preload(self) -> Any:
-        """Fill the builder and worker name caches in two calls."""
+        """Fill the builder and worker name caches, and find the newest build, in three calls.
+
+        Run once the capture hook is installed: a build newer than the newest one now was
+        created while every message was being captured.
+        """
         builders = yield self.fetch(("builders",))
         for b in builders or ():
             self.builders[b["builderid"]] = (b["name"], list(b.get("tags") or ()))
         workers = yield self.fetch(("workers",))
         for w in workers or ():
             self.workers[w["workerid"]] = w["name"]
+        newest = yield self._get(("builds",), order=["-buildid"], limit=1)
+        if isinstance(newest, list):
+            ids = [b.get("buildid") for b in newest if isinstance(b, dict)]
+            self.first_live_buildid = max([i for i in ids if isinstance(i, int)], default=0) + 1
 
     @defer.inlineCallbacks
     def _builder(self, builderid: Any) -> Any:
@@ -220,22 +235,20 @@ class Tracker:
 
     # -- dispatch --------------------------------------------------------------------------------
 
-    @defer.inlineCallbacks
-    def handle(self, key: tuple[str, ...], payload: Any) -> Any:
-        """Convert one message; returns the (possibly empty) list of events it yields."""
+    def handle(self, key: tuple[str, ...], payload: Any) -> defer.Deferred[Out]:
+        """Convert one message; returns (a Deferred of) the possibly empty list of events it
+        yields.  Steps, changes, workers and builders convert at once (the Deferred has fired:
+        no generator per message); builds, requests, buildsets and logs may need a lookup."""
         kind = key[0]
         out: Out = []
-        if kind == "builds":
-            yield self._on_build(key, payload, out)
-        elif kind == "steps":
-            yield self._on_step(key, payload, out)
-        elif kind == "logs":
-            if self.logs:
-                yield self._on_log(key, payload, out)
-        elif kind == "buildrequests":
-            yield self._on_request(key, payload, out)
-        elif kind == "buildsets":
-            yield self._on_buildset(key, payload, out)
+        if kind == "steps":
+            st = self._on_step(key, payload)
+            if st is not None:
+                if st.data is None:
+                    return self._step_later(st, key, payload)
+                out.append((f"step.{key[2]}", convert.step_data(payload, build=st.data)))
+        elif kind in ("builds", "buildrequests", "buildsets") or (kind == "logs" and self.logs):
+            return self._handle(key, payload)
         elif kind == "changes" and key[2] == "new":
             out.append(("change.new", convert.change_data(payload, self.redactor)))
         elif kind == "workers":
@@ -245,6 +258,20 @@ class Tracker:
             bid = convert.get(payload, "builderid")
             if isinstance(name, str) and bid in self.builders:
                 self.builders[bid] = (name, self.builders[bid][1])
+        return defer.succeed(out)
+
+    @defer.inlineCallbacks
+    def _handle(self, key: tuple[str, ...], payload: Any) -> Any:
+        kind = key[0]
+        out: Out = []
+        if kind == "builds":
+            yield self._on_build(key, payload, out)
+        elif kind == "logs":
+            yield self._on_log(key, payload, out)
+        elif kind == "buildrequests":
+            yield self._on_request(key, payload, out)
+        elif kind == "buildsets":
+            yield self._on_buildset(key, payload, out)
         return out
 
     @defer.inlineCallbacks
@@ -318,9 +345,9 @@ class Tracker:
             return
         event = key[2]
         st.payload = payload
-        if event == "finished":
-            # One lookup per build makes the final properties exact even if the plugin
-            # started mid-build or a property update was missed.
+        if event == "finished" and not self._saw_every_update(buildid):
+            # A build older than the plugin (or any build once a message was lost): one lookup
+            # makes its final properties exact.  Newer builds have had every update merged.
             props = yield self._get(("builds", buildid, "properties"))
             if isinstance(props, dict):
                 st.properties = {k: convert.prop_value(v) for k, v in props.items()}
@@ -344,25 +371,38 @@ class Tracker:
             out.append(("build.updated", data))
         # a late "new" after the build was announced says nothing new
 
+    def _saw_every_update(self, buildid: int) -> bool:
+        """Whether every ``properties/update`` of this build went through :meth:`handle`.
+
+        Buildbot publishes every property change of a build as one (``setBuildProperties``
+        sends what differs from the database), so the merged updates are its final properties.
+        """
+        first = self.first_live_buildid
+        return first is not None and buildid >= first and not self.lossy
+
     def _hold(self, st: _Build, key: tuple[str, ...], payload: Any) -> None:
         if st.held_since is None:
             st.held_since = self.seconds()
         if len(st.held) < 10000:
             st.held.append((key, payload))
 
-    @defer.inlineCallbacks
-    def _on_step(self, key: tuple[str, ...], payload: Any, out: Out) -> Any:
+    def _on_step(self, key: tuple[str, ...], payload: Any) -> _Build | None:
+        """Cache the step; the state of its build when the message makes an event now."""
         event = key[2]
         stepid = int(key[1])
         self.steps.put(stepid, payload)
         if event not in ("started", "finished"):
-            return
+            return None
         st = self._state(convert.get(payload, "buildid"))
         if not st.announced:
             self._hold(st, key, payload)
-            return
-        build = st.data or (yield self._build_data(st))
-        out.append((f"step.{event}", convert.step_data(payload, build=build)))
+            return None
+        return st
+
+    @defer.inlineCallbacks
+    def _step_later(self, st: _Build, key: tuple[str, ...], payload: Any) -> Any:
+        build = yield self._build_data(st)
+        return [(f"step.{key[2]}", convert.step_data(payload, build=build))]
 
     # -- requests, buildsets, workers ------------------------------------------------------------
 

@@ -166,6 +166,32 @@ def test_tracker_makes_out_of_order_messages_coherent() -> None:
     assert data.calls == [("builds", 1, "properties")]
 
 
+@pytest.mark.parametrize("newest, lossy, fetched", [([], False, False), ([{"buildid": 1}], False, True),
+                                                    ([], True, True), (None, False, True)])
+def test_tracker_fetches_final_properties_only_when_it_may_have_missed_some(newest: Any, lossy: bool,
+                                                                             fetched: bool) -> None:
+    """A build created after the plugin started (newer than the newest build at preload) had
+    every properties update merged: it finishes without a data-API call, with the same
+    properties.  An older build, any build once a message was lost, or when the newest build
+    could not be found, is fetched."""
+    data = FakeData()
+    data.db[("builds",)] = newest
+    data.db[("builds", 1, "properties")] = {"branch": ("main", "Build"), "late": ("x", "Step")}
+    t = Tracker(fetch=data.get, redactor=convert.Redactor(), seconds=lambda: 0.0)
+    t.preload()
+    t.lossy = lossy
+    data.calls.clear()
+    events = _run(t, [
+        (("builds", "1", "new"), _build()),
+        (("builds", "1", "properties", "update"), {"branch": ("main", "Build")}),
+        (("builds", "1", "properties", "update"), {"late": ("x", "Step")}),
+        (("builds", "1", "finished"), _build(results=0, complete=True, complete_at=T0)),
+    ])
+    assert events[-1][0] == "build.finished"
+    assert events[-1][1]["properties"] == {"branch": "main", "late": "x"}
+    assert (("builds", 1, "properties") in data.calls) == fetched
+
+
 def test_tracker_buildset_completed_keeps_scheduler() -> None:
     """Buildbot's ``buildsets/N/complete`` has no ``scheduler`` (its ``new`` has): the completed
     event still names the scheduler (found with the real server, test_plugin_realserver)."""
