@@ -41,7 +41,7 @@ def main() -> int:
     ap.add_argument("--url", help="firehose server; without it, no plugin")
     ap.add_argument("--token", default="t0")
     ap.add_argument("--master-name", default="m0")
-    ap.add_argument("--flush-interval", type=float, default=0.05)  # the plugin's default
+    ap.add_argument("--flush-interval", type=float, help="the plugin's flush_interval (default: its default)")
     ap.add_argument("--max-time", type=float, default=240.0)
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
@@ -77,9 +77,10 @@ def main() -> int:
     if args.url:
         from buildbot_plugin.reporter import FirehoseReporter
 
-        reporter = FirehoseReporter(url=args.url, token=args.token, master_name=args.master_name,
-                                    flush_interval=args.flush_interval, heartbeat_interval=3600.0,
-                                    spool_dir=os.path.join(basedir, "spool"))
+        opts: dict[str, Any] = {"heartbeat_interval": 3600.0, "spool_dir": os.path.join(basedir, "spool")}
+        if args.flush_interval is not None:
+            opts["flush_interval"] = args.flush_interval
+        reporter = FirehoseReporter(url=args.url, token=args.token, master_name=args.master_name, **opts)
         config["services"].append(reporter)
 
     class Loader:
@@ -133,6 +134,7 @@ def main() -> int:
                     break
                 yield task.deferLater(reactor, 0.02, lambda: None)
             out["events"] = reporter.seq
+            out["requests"] = reporter.outbox.stats.get("requests", 0)
         out.update(cpu_s=cpu() - c0, seconds=time.monotonic() - t0, builds_seconds=builds_s,
                    builds=len(completed), plugin=bool(reporter))
         qref.stopConsuming()

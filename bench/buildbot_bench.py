@@ -66,9 +66,11 @@ def ensure_venv() -> str:
 # -- plugin overhead and end to end ---------------------------------------------------------------
 
 
-def _master_run(builds: int, url: str | None, flush: float, timeout: float = 400) -> dict[str, Any]:
+def _master_run(builds: int, url: str | None, flush: float | None, timeout: float = 400) -> dict[str, Any]:
     cmd = ["taskset", "-c", CLIENT_CORE, python(), os.path.join(BENCH, "bb_plugin_master.py"),
-           "--builds", str(builds), "--flush-interval", str(flush)]
+           "--builds", str(builds)]
+    if flush is not None:
+        cmd += ["--flush-interval", str(flush)]
     if url:
         cmd += ["--url", url]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
@@ -81,8 +83,11 @@ def _master_run(builds: int, url: str | None, flush: float, timeout: float = 400
     return out
 
 
-def plugin_pair(builds: int, flush: float = 0.05) -> tuple[dict[str, Any], dict[str, Any]]:
-    """One run without the plugin, one with it (and a WebSocket subscriber timing every event)."""
+def plugin_pair(builds: int, flush: float | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One run without the plugin, one with it (and a WebSocket subscriber timing every event).
+
+    :param flush: the plugin's ``flush_interval``; ``None``: its default.
+    """
     without = _master_run(builds, None, flush)
     server = Server()
     gen = Loadgen(server.port, ["--mode", "ws", "--conns", "1", "--ts-key", "time", "--sub", '{"cmd":"subscribe"}'],
@@ -102,6 +107,70 @@ def plugin_pair(builds: int, flush: float = 0.05) -> tuple[dict[str, Any], dict[
     with_plugin.update(e2e_p50_ms=e2e["p50_ms"], e2e_p99_ms=e2e["p99_ms"], e2e_max_ms=e2e["max_ms"],
                        e2e_events=e2e["deliveries"])
     return without, with_plugin
+
+
+def _py_spy() -> str:
+    for candidate in (os.path.join(VENV, "bin", "py-spy"), os.path.join(os.path.dirname(python()), "py-spy")):
+        if os.path.exists(candidate):
+            return candidate
+    found = shutil.which("py-spy")
+    if not found:
+        raise RuntimeError("py-spy not found (python -m bench buildbot installs it in bench/.venv-www)")
+    return found
+
+
+def _in_plugin(frame: str) -> bool:
+    # The plugin's own code and what it calls in firehose (schema, codec); its socket's writes
+    # run from the reactor without a plugin frame, and the bench master has no other socket.
+    return "buildbot_plugin/" in frame or "/firehose/" in frame or frame.startswith("FileDescriptor.doWrite ")
+
+
+def plugin_share(builds: int, flush: float | None = None, rate: int = 200) -> dict[str, Any]:
+    """One run with the plugin under ``py-spy record --gil``: the share of the master's Python
+    samples (threads holding the GIL) that are in the plugin, and where.
+
+    A ratio of CPU totals needs two runs and moves by 10-20 % on a shared machine; a share of
+    one run's samples does not (whatever slows the master slows the plugin alike).  It slightly
+    overstates the plugin (the master's C work without the GIL, such as SQLite, is not sampled),
+    so ``1 / (1 - share)`` is an upper estimate of the with / without ratio.
+    """
+    server = Server()
+    raw = tempfile.NamedTemporaryFile(prefix="bbshare-", suffix=".txt", delete=False).name
+    server.start()
+    try:
+        cmd = [_py_spy(), "record", "--gil", "-r", str(rate), "-f", "raw", "-o", raw, "--",
+               "taskset", "-c", CLIENT_CORE, python(), os.path.join(BENCH, "bb_plugin_master.py"),
+               "--builds", str(builds), "--url", server.url]
+        if flush is not None:
+            cmd += ["--flush-interval", str(flush)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+        if not lines:
+            raise RuntimeError(f"profiled master run failed: {proc.stderr[-2000:]}")
+        out = dict(json.loads(lines[-1]))
+        total = plugin = 0
+        where: dict[str, int] = {}
+        with open(raw) as f:
+            for line in f:
+                stack, _, count = line.rstrip("\n").rpartition(" ")
+                if "ReactorBase.run" not in stack and not stack.startswith("Thread"):
+                    continue  # imports and set-up before the reactor runs
+                n = int(count)
+                total += n
+                frames = stack.split(";")
+                first = next((fr for fr in frames if _in_plugin(fr)), None)
+                if first is not None:
+                    plugin += n
+                    name = first.split(" (")[0]
+                    where[name] = where.get(name, 0) + n
+    finally:
+        server.stop()
+        os.unlink(raw)
+    share = plugin / total if total else 0.0
+    out.update(samples=total, plugin_samples=plugin, share=share, est_ratio=1 / (1 - share) if share < 1 else None,
+               plugin_us_per_event=out["cpu_s"] * share * 1e6 / max(1, out.get("events", 1)),
+               where=sorted(where.items(), key=lambda kv: -kv[1])[:8])
+    return out
 
 
 # -- Buildbot's /ws against firehose's /ws ---------------------------------------------------------
@@ -187,10 +256,18 @@ def _ws_figures(rep: dict[str, Any], cpu_s: float, el: float, rss0: int, rss1: i
 # -- the command -----------------------------------------------------------------------------------
 
 
-def main(repeat: int = 3, name: str = "buildbot", smoke: bool = False) -> int:
-    ensure_venv()
+#: What ``main`` can run (``--only``): Buildbot's /ws vs ours, the plugin pairs (overhead and
+#: end to end), the end to end run with the former flush_interval, the py-spy share.
+PARTS = ("ws", "plugin", "e2e_flush50", "share")
+
+
+def main(repeat: int = 3, name: str = "buildbot", smoke: bool = False, only: set[str] | None = None,
+         builds: int | None = None) -> int:
+    parts = set(PARTS) if only is None else only
+    if "ws" in parts:
+        ensure_venv()  # buildbot-www for Buildbot's own /ws; the plugin runs use the project venv
     compile_loadgen()
-    builds = 10 if smoke else 200
+    builds = builds or (10 if smoke else 200)
     subs = 50 if smoke else 1000
     warmup, window_s = (0.5, 1.0) if smoke else (2.0, 4.0)
     n = 1 if smoke else repeat
@@ -202,7 +279,7 @@ def main(repeat: int = 3, name: str = "buildbot", smoke: bool = False) -> int:
         res["scenarios"][scen] = {"runs": runs, "summary": {k: summarize([r.get(k) for r in runs]) for k in keys}}
 
     # Buildbot's /ws vs ours first (a few minutes), then the long plugin runs.
-    for rate in (20.0, 100.0):
+    for rate in (20.0, 100.0) if "ws" in parts else ():
         bb_runs, fh_runs = [], []
         for i in range(n):
             log(f"/ws comparison at {rate:g} ev/s x {subs} subscribers, run {i + 1}/{n}, "
@@ -226,26 +303,35 @@ def main(repeat: int = 3, name: str = "buildbot", smoke: bool = False) -> int:
              "memory_ratio": b["kb_per_subscriber"] / f["kb_per_subscriber"] if f["kb_per_subscriber"] > 0 else None}
             for b, f in zip(bb_runs, fh_runs, strict=True)])
 
-    without, with_plugin = [], []
-    for i in range(n):
+    without: list[dict[str, Any]] = []
+    with_plugin: list[dict[str, Any]] = []
+    for i in range(n) if "plugin" in parts else ():
         log(f"plugin overhead: {builds} builds without / with the plugin, run {i + 1}/{n}, "
             f"load {load_average()[0]:.2f}")
         a, b = plugin_pair(builds)
         without.append(a)
         with_plugin.append(b)
-    keep("master_without_plugin", without)
-    keep("master_with_plugin", with_plugin)
-    keep("plugin", [{"cpu_ratio": b["cpu_s"] / a["cpu_s"], "cpu_without_s": a["cpu_s"], "cpu_with_s": b["cpu_s"],
-                     "events": b.get("events", 0),
-                     "plugin_us_per_event": (b["cpu_s"] - a["cpu_s"]) * 1e6 / max(1, b.get("events", 1))}
-                    for a, b in zip(without, with_plugin, strict=True)])
-    keep("e2e", [{"p50_ms": b["e2e_p50_ms"], "p99_ms": b["e2e_p99_ms"], "max_ms": b["e2e_max_ms"],
-                  "events": b["e2e_events"]} for b in with_plugin])
-    if not smoke:
-        log("end to end with flush_interval=0.05 (one run of 100 builds)")
+    if with_plugin:
+        keep("master_without_plugin", without)
+        keep("master_with_plugin", with_plugin)
+        keep("plugin", [{"cpu_ratio": b["cpu_s"] / a["cpu_s"], "cpu_without_s": a["cpu_s"], "cpu_with_s": b["cpu_s"],
+                         "events": b.get("events", 0), "requests": b.get("requests", 0),
+                         "plugin_us_per_event": (b["cpu_s"] - a["cpu_s"]) * 1e6 / max(1, b.get("events", 1))}
+                        for a, b in zip(without, with_plugin, strict=True)])
+        keep("e2e", [{"p50_ms": b["e2e_p50_ms"], "p99_ms": b["e2e_p99_ms"], "max_ms": b["e2e_max_ms"],
+                      "events": b["e2e_events"]} for b in with_plugin])
+    if "share" in parts:
+        shares = []
+        for i in range(n):
+            log(f"plugin share of the master's samples (py-spy --gil), {builds} builds, run {i + 1}/{n}")
+            shares.append(plugin_share(builds))
+        keep("plugin_share", shares)
+    if not smoke and "e2e_flush50" in parts:
+        log("end to end with the former flush_interval=0.05 (one run of 100 builds)")
         _, fast = plugin_pair(100, flush=0.05)
         keep("e2e_flush50", [{"p50_ms": fast["e2e_p50_ms"], "p99_ms": fast["e2e_p99_ms"],
-                              "max_ms": fast["e2e_max_ms"], "events": fast["e2e_events"]}])
+                              "max_ms": fast["e2e_max_ms"], "events": fast["e2e_events"],
+                              "requests": fast.get("requests", 0)}])
     res["load_after"] = load_average()
     os.makedirs(RESULTS, exist_ok=True)
     path = os.path.join(RESULTS, f"{name}.json")
@@ -254,8 +340,24 @@ def main(repeat: int = 3, name: str = "buildbot", smoke: bool = False) -> int:
     log(f"results: {path}")
     from bench import report
 
-    for key in ("compare", "compare_100", "plugin", "e2e", "e2e_flush50", "buildbot_ws", "firehose_ws",
-                "buildbot_ws_100", "firehose_ws_100"):
+    for key in ("compare", "compare_100", "plugin", "e2e", "plugin_share", "e2e_flush50", "buildbot_ws",
+                "firehose_ws", "buildbot_ws_100", "firehose_ws_100"):
         s = res["scenarios"].get(key, {}).get("summary", {})
         print(key, {k: report.fmt(v, "", 2) for k, v in s.items()})
     return 0
+
+
+if __name__ == "__main__":
+    # python -m bench.buildbot_bench --only plugin,share: parts of `python -m bench buildbot`.
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m bench.buildbot_bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", help=f"comma-separated parts of {', '.join(PARTS)} (default: all)")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--builds", type=int, help="builds per master run (default 200)")
+    ap.add_argument("--name", default="buildbot", help="results file name")
+    ap.add_argument("--smoke", action="store_true")
+    a = ap.parse_args()
+    sys.exit(main(a.repeat, a.name, smoke=a.smoke, only=set(a.only.split(",")) if a.only else None,
+                  builds=a.builds))
