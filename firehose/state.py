@@ -314,7 +314,7 @@ class BuildState:
             tail = table[key] = {"log": name, "lines": [], "bytes": 0, "truncated": False, "next": 0}
             while len(table) > limit:
                 table.popitem(last=False)
-        _extend_tail(tail, lines, data.get("first_line"))
+        _extend_tail(tail, lines, data.get("first_line"), data.get("num_lines"))
 
     def _step_finished(self, key: Key, result: str | None) -> None:
         tail = self.live_tails.pop(key, None)
@@ -499,13 +499,18 @@ class BuildState:
         return is_green(row, builders)
 
 
-def _extend_tail(tail: dict[str, Any], lines: list[Any], first_line: Any) -> None:
+def _extend_tail(tail: dict[str, Any], lines: list[Any], first_line: Any, covered: Any) -> None:
     """Add a chunk of log lines to a tail, keeping the last :data:`TAIL_LINES` lines and at most
-    :data:`TAIL_BYTES` bytes; ``truncated`` says lines of the log before them are not kept."""
+    :data:`TAIL_BYTES` bytes; ``truncated`` says lines of the log before them are not kept.
+
+    ``first_line`` is the chunk's line number in the log and ``covered`` (``num_lines``) how
+    many of the log's lines it covers, the ones the plugin removed (the environment dump)
+    included: a chunk that starts past the end of the one before means lines never came (the
+    plugin's rate limit skipped them)."""
     if isinstance(first_line, int) and first_line > tail["next"]:
-        tail["truncated"] = True  # lines between the last chunk and this one were never seen
+        tail["truncated"] = True
     if isinstance(first_line, int):
-        tail["next"] = max(tail["next"], first_line + len(lines))
+        tail["next"] = max(tail["next"], first_line + (covered if isinstance(covered, int) else len(lines)))
     if len(lines) > TAIL_LINES:
         tail["truncated"] = True
     kept: list[str] = tail["lines"]

@@ -460,3 +460,22 @@ def test_a_queued_rebuild_keeps_a_revision_from_being_done_and_a_cancelled_one_d
     api.m.build("finished", 3, "linux", result="success", started_at=T0 + 13, at=T0 + 20, buildrequestid=3)
     api.feed()
     assert status() == ("done", "success")
+
+
+def test_lines_the_plugin_removed_do_not_truncate_a_tail() -> None:
+    """A ``log.lines`` chunk covers ``num_lines`` lines of the log, the environment dump the
+    plugin removed included: the next chunk starting after them is no gap; one starting later
+    (lines the rate limit skipped) is."""
+    api = Api()
+    api.m.step("started", 1, 1, "linux", "test", started_at=T0)
+    api.m.emit("log.lines", {"logid": 1, "stepid": 1, "buildid": 1, "builder": "linux", "name": "stdio",
+                             "first_line": 0, "num_lines": 42, "lines": ["argv: make test", "using PATH"]})
+    api.m.emit("log.lines", {"logid": 1, "stepid": 1, "buildid": 1, "builder": "linux", "name": "stdio",
+                             "first_line": 42, "num_lines": 1, "lines": ["ok"]})
+    api.feed()
+    tail = api.state.log_tail("m1", 1)
+    assert tail is not None and (tail["lines"], tail["truncated"]) == (["argv: make test", "using PATH", "ok"], False)
+    api.m.emit("log.lines", {"logid": 1, "stepid": 1, "buildid": 1, "builder": "linux", "name": "stdio",
+                             "first_line": 900, "num_lines": 1, "lines": ["FAIL"]})
+    api.feed()
+    assert tail["truncated"] and tail["lines"][-1] == "FAIL"
