@@ -660,3 +660,26 @@ def test_the_server_feed_freezes_what_it_built_after_each_page(monkeypatch: pyte
     assert frozen == []
     warm(StateFeed(BuildState(), journal, clock, start_after=0, source="journal", page=2, freeze_gc=True), clock)
     assert len(frozen) == 2  # pages of 2, 2 and 1 events: the short last one is not frozen
+
+
+def test_webhooks_api_is_not_gated_while_warming() -> None:
+    """/api/webhooks does not read the build state: it answers during the warm-up (here its
+    403 for a request without the admin token), while the state's questions answer 503."""
+    from firehose.config import WebhookConfig
+    from firehose.webhooks.dispatcher import make_dispatcher
+
+    journal = journal_of(4)
+    clock = Clock()
+    held = HeldReads(journal)
+    hub = Hub(journal)
+    feed = StateFeed(BuildState(), journal, clock, start_after=0, source="journal")
+    dispatcher = make_dispatcher(hub, WebhookConfig(admin_token="admin-token-123"), ":memory:", clock)
+    site = build_site(hub=hub, journal=journal, clock=clock, tokens=MasterTokens({}), state=feed.state,
+                      warmup=feed, webhooks=dispatcher, webhook_admin_token="admin-token-123")
+    client = StubTreq(site.resource)
+    feed.start()
+    assert get(client, "/api/queue")[0] == 503
+    code, body, _ = get(client, "/api/webhooks")
+    assert code in (401, 403) and body["error"] != "warming_up"
+    warm(feed, clock, held)
+    assert get(client, "/api/queue")[0] == 200
