@@ -248,8 +248,14 @@ class _JournalBase:
         d: defer.Deferred[AppendResult] = defer.Deferred()
         self._pending.append((batch, d))
         if not self._writing:
-            self._write_pending()
+            self._writing = True
+            self._start_group()
         return d
+
+    def _start_group(self) -> None:
+        """Start writing the pending batches (``_writing`` is already set).  At once here; a
+        journal with a reactor waits for the end of the reactor turn (see SQLiteJournal)."""
+        self._write_pending()
 
     def _write_pending(self) -> None:
         """Write every pending batch in one commit, or, after a group failed, the next one alone.
@@ -487,10 +493,26 @@ class SQLiteJournal(_JournalBase):
         super().__init__(epoch, head, earliest, seqs, time_of)
         for (master, incarnation), seq in seqs.items():
             self._seq.latest[master] = (incarnation, seq)
+        #: How a group commit is put off to the end of the reactor turn (``None``: a reactor
+        #: that only runs threads' results, a test's: at once).
+        self._call_later: Callable[..., Any] | None = (
+            reactor.callLater if IReactorTime.providedBy(reactor) else None
+        )
         self._writer = ThreadPool(1, 1, "firehose-journal-writer")
         self._reader = ThreadPool(1, 1, "firehose-journal-reader")
         self._writer.start()
         self._reader.start()
+
+    def _start_group(self) -> None:
+        """Start the group commit at the end of this reactor turn, not at once: the batches of
+        every request read in the same turn (several masters answered by the last commit send
+        their next batches together) then share one commit and one fsync, instead of the first
+        being committed alone and the others waiting for it.  No timer: a zero delay only
+        orders the write after what the reactor has already read."""
+        if self._call_later is None:
+            self._write_pending()
+        else:
+            self._call_later(0, self._write_pending)
 
     def _connect(self, synchronous: str) -> sqlite3.Connection:
         directory = os.path.dirname(os.path.abspath(self.path))
