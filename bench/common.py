@@ -305,6 +305,7 @@ def window(server_pid: int, loadgen: Loadgen, seconds: float) -> dict[str, Any]:
     the limit)."""
     c0 = cpu_seconds(server_pid)
     w0 = runqueue_wait_seconds(server_pid)
+    lw0 = runqueue_wait_seconds(loadgen.pid) if loadgen.pid else None
     g0 = loadgen.cpu()
     loadgen.mark()
     t0 = time.monotonic()
@@ -313,11 +314,13 @@ def window(server_pid: int, loadgen: Loadgen, seconds: float) -> dict[str, Any]:
     el = time.monotonic() - t0
     c1 = cpu_seconds(server_pid)
     w1 = runqueue_wait_seconds(server_pid)
+    lw1 = runqueue_wait_seconds(loadgen.pid) if loadgen.pid else None
     g1 = loadgen.cpu()
     rep["server_cpu_pct"] = 100.0 * (c1 - c0) / el
     # the server runnable but not running (its core taken by another process): a high figure
     # says the machine, not the server, was the limit of this window
     rep["server_runq_wait_pct"] = 100.0 * (w1 - w0) / el if w0 is not None and w1 is not None else None
+    rep["loadgen_runq_wait_pct"] = 100.0 * (lw1 - lw0) / el if lw0 is not None and lw1 is not None else None
     rep["load_average_1m"] = os.getloadavg()[0]
     rep["loadgen_cpu_pct"] = 100.0 * (g1 - g0) / el if g0 is not None and g1 is not None else None
     rep["server_rss_mb"] = rss_bytes(server_pid) / 2**20

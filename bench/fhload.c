@@ -73,7 +73,7 @@ static size_t tskey_len;
 
 /* counters, reset by "mark" */
 static long deliveries, errors, closed_n, gaps, polls, pub_events, pub_batches, pub_acked, pub_errors, pub_late;
-static long all_deliveries, ws_other, pub_answers, pub_reconnects;
+static long all_deliveries, ws_other, pub_answers, pub_reconnects, pub_backlog_max;
 static double pub_ack_sum, pub_ack_max;
 static uint32_t *hist, *ack_hist;
 static double lat_max, mark_t, t0, expect_done_t;
@@ -94,7 +94,7 @@ static void die(const char *m) {
 
 static void reset_counters(void) {
     deliveries = errors = closed_n = gaps = polls = pub_events = pub_batches = pub_acked = pub_errors = pub_late = 0;
-    ws_other = pub_answers = pub_reconnects = 0;
+    ws_other = pub_answers = pub_reconnects = pub_backlog_max = 0;
     pub_ack_sum = pub_ack_max = 0;
     memset(hist, 0, sizeof(uint32_t) * HIST_N);
     memset(ack_hist, 0, sizeof(uint32_t) * HIST_N);
@@ -128,13 +128,13 @@ static void report(void) {
            "\"pub_batches\":%ld,\"pub_acked\":%ld,\"pub_acked_rate\":%.1f,\"pub_errors\":%ld,\"pub_late\":%ld,"
            "\"all_deliveries\":%ld,\"expect_elapsed\":%.4f,\"pub_ack_avg_ms\":%.3f,\"pub_ack_max_ms\":%.3f,"
            "\"pub_answers\":%ld,\"pub_answer_rate\":%.1f,\"pub_ack_p50_ms\":%.3f,\"pub_ack_p99_ms\":%.3f,"
-           "\"pub_reconnects\":%ld}\n",
+           "\"pub_reconnects\":%ld,\"pub_backlog_max\":%ld}\n",
            el, deliveries, deliveries / el, pct(deliveries, 0.5), pct(deliveries, 0.9), pct(deliveries, 0.99),
            pct(deliveries, 0.999), lat_max * 1000.0, errors, closed_n, gaps, polls, polls / el, open_n,
            subscribed_n, pub_events, pub_events / el, pub_batches, pub_acked, pub_acked / el, pub_errors, pub_late,
            all_deliveries, expect_done_t > 0 ? expect_done_t - t0 : -1.0,
            pub_answers ? pub_ack_sum * 1000.0 / pub_answers : -1.0, pub_ack_max * 1000.0, pub_answers,
-           pub_answers / el, ack_pct(0.5), ack_pct(0.99), pub_reconnects);
+           pub_answers / el, ack_pct(0.5), ack_pct(0.99), pub_reconnects, pub_backlog_max);
     fflush(stdout);
 }
 
@@ -625,6 +625,7 @@ static void pub_tick(void) {
             double per = pub_rate / npub_n;
             long due = (long)floor((t - pub_t0) * per + (double)(i - nconns) / npub_n) - c->sent_n;
             if (due <= 0) continue;
+            if (due - 1 > pub_backlog_max) pub_backlog_max = due - 1; /* events due, not yet sent */
             long cap = per > 1 ? (long)per : 1;
             if (due > cap) {
                 pub_late += due - cap;

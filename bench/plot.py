@@ -118,7 +118,8 @@ def _curve(res: dict[str, Any], kind: str, batching: str) -> list[dict[str, Any]
                         **{key: med(res, scen, key) for key in ("rate", "p99_ms", "server_cpu_pct", "loadgen_cpu_pct")},
                         "saturated": bool(sm.get("saturated", {}).get("max")),
                         # the server waited > 20% of the window for its core (another process had it)
-                        "contended": (sm.get("server_runq_wait_pct", {}).get("max") or 0) > 20.0,
+                        "contended": max((sm.get(k, {}).get("max") or 0)
+                                         for k in ("server_runq_wait_pct", "loadgen_runq_wait_pct")) > 20.0,
                         "client_busy": bool(sm.get("loadgen_saturated", {}).get("max"))})
     return sorted((q for q in pts if q["rate"] and q["p99_ms"]), key=lambda q: q["x"])
 
@@ -161,7 +162,7 @@ def scaling_curves(res: dict[str, Any], out: str) -> None:
             if cont:
                 ax1.scatter([q["x"] for q in cont], [q["rate"][0] / 1000 for q in cont], marker="^", s=90,
                             facecolors="none", edgecolors="grey", zorder=6,
-                            label=f"server waited > 20% for its core: machine-bound ({b})")
+                            label=f"server or client waited > 20% for its core: machine-bound ({b})")
             busy = [q for q in pts if q["client_busy"]]
             if busy:
                 ax1.scatter([q["x"] for q in busy], [q["rate"][0] / 1000 for q in busy], marker="x", s=80,

@@ -278,7 +278,8 @@ def contended(res: dict[str, Any]) -> list[str]:
     """The scenarios with at least one run whose server waited > CONTENDED_PCT for its core."""
     out = []
     for scen, body in res.get("scenarios", {}).items():
-        for key in ("server_runq_wait_pct", "filtered_server_runq_wait_pct"):
+        for key in ("server_runq_wait_pct", "filtered_server_runq_wait_pct", "loadgen_runq_wait_pct",
+                    "filtered_loadgen_runq_wait_pct"):
             s = (body.get("summary") or {}).get(key)
             if s and s.get("max") is not None and s["max"] > CONTENDED_PCT:
                 out.append(scen)
@@ -294,8 +295,9 @@ def _footer(res: dict[str, Any]) -> str:
            f"{res.get('repeat')} runs per figure; took {res.get('seconds')} s")
     bad = contended(res)
     if bad:
-        out += (f"\nCONTENDED (the server waited > {CONTENDED_PCT:.0f}% of a window for its core, which another "
-                f"process had: these measured the machine, rerun them on a quiet one): {', '.join(bad)}")
+        out += (f"\nCONTENDED (the server or the load generator waited > {CONTENDED_PCT:.0f}% of a window for its "
+                f"core, which another process had: these measured the machine, rerun them on a quiet one): "
+                f"{', '.join(bad)}")
     return out
 
 
@@ -320,8 +322,7 @@ def curve_table(res: dict[str, Any]) -> str:
         mark = "SATURATED" if sat and sat["max"] else ""
         if gsat and gsat["max"]:
             mark += " (client busy)"
-        wait = _s(res, scen, "server_runq_wait_pct")
-        if wait and wait["max"] > CONTENDED_PCT:
+        if scen in contended(res):
             mark += " CONTENDED"
         out.append(f"| {kind} | {batching} | {g('subs', '', 0)} | {g('ev_rate', '', 0)} | "
                    f"{g('offered_deliveries', '', 0)} | {g('rate', '', 0)} | {g('p50_ms')} / {g('p99_ms', ' ms')} | "
