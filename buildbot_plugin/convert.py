@@ -168,6 +168,7 @@ class Redactor:
             if self.deny_patterns
             else None
         )
+        self._denied: dict[str, bool] = {}
         self._secrets: set[str] = set()
         self._secret_re: re.Pattern[str] | None = None
         #: The secrets as they appear inside an encoded JSON string; ``None`` while there are
@@ -212,10 +213,19 @@ class Redactor:
         return True
 
     def denied(self, name: str) -> bool:
-        """Whether a property (or a key inside a property value) of this name is redacted."""
-        if self._deny is None:
-            return False
-        return bool(self._deny.search(name) or self._deny.search(_CAMEL.sub("_", name)))
+        """Whether a property (or a key inside a property value) of this name is redacted.
+
+        Answers are remembered (a master's property names are few and every build event
+        carries them all); the memory is bounded.
+        """
+        known = self._denied.get(name)
+        if known is not None:
+            return known
+        answer = self._deny is not None and bool(self._deny.search(name) or self._deny.search(_CAMEL.sub("_", name)))
+        if len(self._denied) >= 10000:
+            self._denied.clear()
+        self._denied[name] = answer
+        return answer
 
     def may_change(self, encoded: bytes) -> bool:
         """Whether :meth:`scrub_all` could change a value whose JSON encoding is ``encoded``.

@@ -54,6 +54,9 @@ class _Build:
     data: dict[str, Any] | None = None
     held: list[tuple[tuple[str, ...], Any]] = field(default_factory=list)
     held_since: float | None = None
+    #: ``properties`` redacted, and by which redactor: every event of the build carries them,
+    #: they change only with a properties update.
+    redacted: tuple[convert.Redactor, dict[str, Any]] | None = None
 
 
 @dataclass
@@ -321,12 +324,17 @@ class Tracker:
             builder=name,
             tags=tags,
             worker=worker,
-            properties=self.redactor.properties(st.properties),
+            properties=self._redacted(st),
             stamps=bs["sourcestamps"] if bs else [],
             buildsetid=bsid,
             url=convert.build_url(self.buildbot_url, convert.get(p, "builderid"), convert.get(p, "number")),
         )
         return st.data
+
+    def _redacted(self, st: _Build) -> dict[str, Any]:
+        if st.redacted is None or st.redacted[0] is not self.redactor:
+            st.redacted = (self.redactor, self.redactor.properties(st.properties))
+        return st.redacted[1]
 
     @defer.inlineCallbacks
     def _on_build(self, key: tuple[str, ...], payload: Any, out: Out) -> Any:
@@ -335,6 +343,7 @@ class Tracker:
         if len(key) == 4:  # builds/<id>/properties/update: only new or changed ones
             for name, raw in (payload or {}).items():
                 st.properties[name] = convert.prop_value(raw)
+            st.redacted = None
             if not st.announced:
                 self._hold(st, key, payload)
                 return
@@ -351,6 +360,7 @@ class Tracker:
             props = yield self._get(("builds", buildid, "properties"))
             if isinstance(props, dict):
                 st.properties = {k: convert.prop_value(v) for k, v in props.items()}
+                st.redacted = None
         if not st.announced:
             st.announced = True
             data = yield self._build_data(st)
@@ -582,6 +592,7 @@ class Tracker:
             props = yield self._get(("builds", b["buildid"], "properties"))
             if isinstance(props, dict):
                 st.properties = {k: convert.prop_value(v) for k, v in props.items()}
+                st.redacted = None
             st.announced = True
             data = yield self._build_data(st)
             running.append(data)
