@@ -125,6 +125,15 @@ def _in_plugin(frame: str) -> bool:
     return "buildbot_plugin/" in frame or "/firehose/" in frame or frame.startswith("FileDescriptor.doWrite ")
 
 
+def _plugin_part(frames: list[str]) -> list[str]:
+    """The frames of a sample that can be the plugin's: the master's own mq delivery runs
+    inside the plugin's ``produce`` wrapper (it calls the original), and is not the plugin's."""
+    for i in range(len(frames) - 1, 0, -1):
+        if "_install_hook.<locals>.produce" in frames[i - 1] and not _in_plugin(frames[i]):
+            return frames[i:]
+    return frames
+
+
 def plugin_share(builds: int, flush: float | None = None, rate: int = 200) -> dict[str, Any]:
     """One run with the plugin under ``py-spy record --gil``: the share of the master's Python
     samples (threads holding the GIL) that are in the plugin, and where.
@@ -157,7 +166,7 @@ def plugin_share(builds: int, flush: float | None = None, rate: int = 200) -> di
                     continue  # imports and set-up before the reactor runs
                 n = int(count)
                 total += n
-                frames = stack.split(";")
+                frames = _plugin_part(stack.split(";"))
                 first = next((fr for fr in frames if _in_plugin(fr)), None)
                 if first is not None:
                     plugin += n
