@@ -91,6 +91,16 @@ def runqueue_wait_seconds(pid: int) -> float | None:
     return total / 1e9
 
 
+def pressure_us(kind: str) -> int | None:
+    """The machine's pressure stall total for ``cpu`` or ``io`` (/proc/pressure: microseconds
+    some task was stalled waiting for it), or None without PSI."""
+    try:
+        with open(f"/proc/pressure/{kind}") as f:
+            return int(f.readline().rsplit("total=", 1)[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def rss_bytes(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -306,6 +316,7 @@ def window(server_pid: int, loadgen: Loadgen, seconds: float) -> dict[str, Any]:
     c0 = cpu_seconds(server_pid)
     w0 = runqueue_wait_seconds(server_pid)
     lw0 = runqueue_wait_seconds(loadgen.pid) if loadgen.pid else None
+    p0 = {k: pressure_us(k) for k in ("cpu", "io")}
     g0 = loadgen.cpu()
     loadgen.mark()
     t0 = time.monotonic()
@@ -315,6 +326,7 @@ def window(server_pid: int, loadgen: Loadgen, seconds: float) -> dict[str, Any]:
     c1 = cpu_seconds(server_pid)
     w1 = runqueue_wait_seconds(server_pid)
     lw1 = runqueue_wait_seconds(loadgen.pid) if loadgen.pid else None
+    p1 = {k: pressure_us(k) for k in ("cpu", "io")}
     g1 = loadgen.cpu()
     rep["server_cpu_pct"] = 100.0 * (c1 - c0) / el
     # the server runnable but not running (its core taken by another process): a high figure
@@ -322,6 +334,11 @@ def window(server_pid: int, loadgen: Loadgen, seconds: float) -> dict[str, Any]:
     rep["server_runq_wait_pct"] = 100.0 * (w1 - w0) / el if w0 is not None and w1 is not None else None
     rep["loadgen_runq_wait_pct"] = 100.0 * (lw1 - lw0) / el if lw0 is not None and lw1 is not None else None
     rep["load_average_1m"] = os.getloadavg()[0]
+    # the whole machine: share of the window some task waited for a CPU / for I/O (a slow fsync
+    # of the journal shows as latency at low server CPU)
+    for k in ("cpu", "io"):
+        a, b = p0[k], p1[k]
+        rep[f"machine_{k}_pressure_pct"] = (b - a) / 1e4 / el if a is not None and b is not None else None
     rep["loadgen_cpu_pct"] = 100.0 * (g1 - g0) / el if g0 is not None and g1 is not None else None
     rep["server_rss_mb"] = rss_bytes(server_pid) / 2**20
     rep["cpu_us_per_delivery"] = (c1 - c0) * 1e6 / rep["deliveries"] if rep["deliveries"] else None

@@ -293,6 +293,15 @@ def _footer(res: dict[str, Any]) -> str:
         return ""
     out = (f"\nload average at start {la[0]:.2f}, at end {res.get('load_after', [0])[0]:.2f}; "
            f"{res.get('repeat')} runs per figure; took {res.get('seconds')} s")
+    press = []
+    for k in ("cpu", "io"):
+        vals = [b["summary"][f"machine_{k}_pressure_pct"]["median"] for b in res.get("scenarios", {}).values()
+                if (b.get("summary") or {}).get(f"machine_{k}_pressure_pct", {}).get("median") is not None]
+        if vals:
+            press.append(f"{k} {sum(vals) / len(vals):.0f}%")
+    if press:
+        out += ("\nmachine pressure (share of each window some task waited for it, mean over scenarios): "
+                + ", ".join(press))
     bad = contended(res)
     if bad:
         out += (f"\nCONTENDED (the server or the load generator waited > {CONTENDED_PCT:.0f}% of a window for its "
