@@ -683,3 +683,33 @@ def test_webhooks_api_is_not_gated_while_warming() -> None:
     assert code in (401, 403) and body["error"] != "warming_up"
     warm(feed, clock, held)
     assert get(client, "/api/queue")[0] == 200
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(history=histories, pages=st.integers(min_value=0, max_value=5))
+def test_a_stop_during_the_warm_up_checkpoints_what_was_replayed(tmp_path: Path, history: Any, pages: int) -> None:
+    """Stopped part of the way through a warm-up, the server writes the state as far as it got
+    (a state at its offset like any other); the next start continues from there and reaches
+    the state a rebuild makes."""
+    events = events_of(history)
+    journal = MemoryJournal(epoch="e1")
+    append(journal, events)
+    clock = Clock()
+    held = HeldReads(journal)
+    feed = StateFeed(BuildState(), journal, clock, start_after=0, source="journal", page=3)
+    feed.start()
+    for _ in range(pages):
+        held.release()
+        run_all(clock)
+    feed.stop()
+    path = str(tmp_path / "partial.state")
+    checkpoint.write(path, feed.state, journal.epoch, feed.last)
+    held.release_all()
+
+    restored = checkpoint.restore(path, journal)
+    held.release_all()  # its look at the event at the checkpoint's offset
+    found, why = result(restored)
+    assert found is not None, why
+    again = StateFeed(found.state, journal, clock, start_after=found.offset, source="checkpoint", page=3)
+    warm(again, clock, held)
+    assert canonical(again.state) == canonical(rebuilt_of(events))
