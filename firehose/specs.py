@@ -579,10 +579,12 @@ def _buckets(description: str, buckets: str) -> dict[str, Any]:
     return _answer(description, {
         "bucket": _NUMBER, "window": _NUMBER,
         "builders": {"type": "array", "items": {
-            "type": "object", "required": ["builder", "buckets"],
-            "properties": {"builder": {"type": "string"}, "buckets": _ref(buckets)}}},
-        "all": {"type": "object", "required": ["buckets"], "properties": {"buckets": _ref(buckets)}},
-    }, ("bucket", "window", "builders", "all"))
+            "type": "object", "required": ["builder"],
+            "properties": {"builder": {"type": "string"},
+                           "buckets": {**_ref(buckets), "description": "left out with `series=all`"}}}},
+        "all": {"type": "object", "required": ["buckets"], "description": "left out with `series=each`",
+                "properties": {"buckets": _ref(buckets)}},
+    }, ("bucket", "window", "builders"))
 
 
 def _api_paths() -> dict[str, Any]:
@@ -600,6 +602,10 @@ def _api_paths() -> dict[str, Any]:
         {"name": "bucket", "in": "query", "description": "seconds per bucket (default 3600)",
          "schema": {"type": "number", "minimum": 60, "maximum": 30 * 86400}},
         {**window, "schema": {"type": "number", "minimum": 60, "maximum": 366 * 86400}},
+        {"name": "series", "in": "query",
+         "description": "`both` (default), `all` (only the matched builders together; each builder "
+                        "listed by name) or `each` (only per builder)",
+         "schema": {"type": "string", "enum": ["both", "all", "each"]}},
     ]
     return {
         "/api": _get("the endpoints", _answer("The /api endpoints.", {

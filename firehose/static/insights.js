@@ -52,8 +52,13 @@
 
   // --- Snapshot ------------------------------------------------------------------------------
 
-  // One builder shown: ask for that builder only (an answer for 200 builders over a week is
-  // megabytes); the names to choose from come from /api/builders.
+  // One builder shown: ask for that builder only; every matched builder together: ask for
+  // that series only (series=all: 200 builders' own buckets over a week are megabytes).
+  // The names to choose from come from /api/builders.
+  function bucketed() {
+    return query({ bucket: String(view.bucket), ...(view.show ? {} : { series: "all" }) });
+  }
+
   function query(extra) {
     const q = new URLSearchParams({ window: String(view.window), ...extra });
     const scope = view.show || view.builder;
@@ -63,8 +68,8 @@
 
   async function snapshot() {
     const [trend, waits, steps, builders] = await Promise.all([
-      api(`/api/trend?${query({ bucket: String(view.bucket) })}`),
-      api(`/api/waits?${query({ bucket: String(view.bucket) })}`).catch(() => null),   // older servers have none
+      api(`/api/trend?${bucketed()}`),
+      api(`/api/waits?${bucketed()}`).catch(() => null),   // older servers have none
       api(`/api/steps?${query({ sort: view.sort, limit: String(view.limit) })}`),
       api(`/api/builders${view.builder ? `?builder=${enc(view.builder)}` : ""}`),
     ]);

@@ -115,6 +115,12 @@ def test_trend_buckets_are_the_builds_bucketed_by_start(builds: list[tuple[str, 
     assert body["builders"] == expected
     together = [s for b in names for s in samples[b]]
     assert body["all"] == {"buckets": expected_buckets(together, bucket, since, True)}
+    # series=all: the same ``all``, each builder by name only; series=each: no ``all``.
+    only_all = api.ok(f"trend?bucket={bucket}&window={window}&builder={glob}&series=all")
+    assert only_all["all"] == body["all"]
+    assert only_all["builders"] == [{"builder": b["builder"]} for b in expected]
+    only_each = api.ok(f"trend?bucket={bucket}&window={window}&builder={glob}&series=each")
+    assert only_each["builders"] == expected and "all" not in only_each
 
 
 requests_strategy = st.lists(
@@ -164,7 +170,7 @@ def test_trend_and_waits_refuse_hostile_arguments() -> None:
     with a message."""
     api = Api()
     for path in ("trend?bucket=1", "waits?bucket=1e12", "waits?window=nan", "waits?bucket=60&bucket=120",
-                 "waits?result=failure", "trend?window=-5"):
+                 "waits?result=failure", "trend?window=-5", "trend?series=some", "waits?series=all&series=each"):
         code, body = api.get(path)
         assert code == 400 and body["error"] in ("bad_request", "bad_filter") and body["message"], (path, body)
 
