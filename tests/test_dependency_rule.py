@@ -12,7 +12,7 @@ import pytest
 
 #: The core: no HTTP server, no WebSocket library, no transport.
 CORE = ["firehose.event", "firehose.schema", "firehose.filters", "firehose.cursor", "firehose.journal", "firehose.hub",
-        "firehose.specs"]
+        "firehose.specs", "firehose.checkpoint"]
 #: What the plugin may use of the server's package: the envelope, its schema and the backoff
 #: (and what ``firehose/__init__`` re-exports, which is pure too).
 PLUGIN_MAY_IMPORT = {"firehose", "firehose.event", "firehose.schema", "firehose.cursor", "firehose.filters",
