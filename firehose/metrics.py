@@ -22,6 +22,7 @@ from firehose.journal import IJournal
 from firehose.limits import ConnectionLimits
 
 if TYPE_CHECKING:
+    from firehose.checkpoint import StateFeed
     from firehose.webhooks.dispatcher import WebhookDispatcher
 
 TRANSPORTS = ("websocket", "sse", "longpoll")
@@ -35,6 +36,8 @@ class FirehoseCollector:
     :param connections: the listening factory's counts (open connections, refusals); without
         one (a site that is not listening) those families are left out.
     :param webhooks: the webhook dispatcher; without one the webhook families are left out.
+    :param warmup: the feed bringing the build state to the head (``firehose_state_ready``);
+        without one the state counts as ready.
     """
 
     def __init__(
@@ -47,6 +50,7 @@ class FirehoseCollector:
         clock: IReactorTime | None = None,
         connections: ConnectionLimits | None = None,
         webhooks: WebhookDispatcher | None = None,
+        warmup: StateFeed | None = None,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor as _reactor
@@ -60,6 +64,7 @@ class FirehoseCollector:
         self.connections = connections
         #: The webhook dispatcher (hooks by state, deliveries); may be set after the site is built.
         self.webhooks = webhooks
+        self.warmup = warmup
 
     def collect(self) -> Iterator[Metric]:
         stats, ingest = self.hub.stats, self.ingest
@@ -116,6 +121,12 @@ class FirehoseCollector:
         yield CounterMetricFamily("firehose_fanout_pause_seconds", "Pauses between busy rounds.",
                                   value=stats.pause_seconds)
         yield GaugeMetricFamily("firehose_journal_head", "Offset of the newest event.", value=self.journal.head)
+        warmup = self.warmup
+        ready = warmup is None or warmup.ready
+        yield GaugeMetricFamily("firehose_state_ready", "1 once the build state behind /api is complete "
+                                "(0: warming up, /api answers 503).", value=1 if ready else 0)
+        yield GaugeMetricFamily("firehose_state_replay_remaining", "Journal events the warming state has "
+                                "still to replay.", value=0 if ready or warmup is None else warmup.progress()["remaining"])
         yield GaugeMetricFamily(
             "firehose_journal_events", "Events retained in the journal.",
             value=max(0, self.journal.head - self.journal.earliest + 1),

@@ -315,7 +315,8 @@ def build_site(
     # Only an on-disk journal has a size (IJournal does not promise one).
     journal_bytes = getattr(journal, "size_bytes", lambda: 0)
     collector = FirehoseCollector(
-        hub, journal, ingest_stats, journal_bytes, clock=clock, connections=site.connections, webhooks=webhooks
+        hub, journal, ingest_stats, journal_bytes, clock=clock, connections=site.connections, webhooks=webhooks,
+        warmup=warmup,
     )
     root.putChild(b"metrics", MetricsResource(collector))
     return site

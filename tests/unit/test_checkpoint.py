@@ -618,6 +618,8 @@ def test_api_answers_warming_up_until_the_state_is_complete_and_ingest_goes_on(l
     code, health, _ = get(client, "/health")
     assert code == 200 and health["status"] == "ok"
     assert health["state"]["status"] == "warming_up" and "progress" in health["state"]
+    assert metric(client, "firehose_state_ready") == 0
+    assert metric(client, "firehose_state_replay_remaining") == health["state"]["progress"]["remaining"] > 0
 
     live = [{"master": "m2", "incarnation": "i1", "seq": 1, "type": "request.submitted", "time": T0 + 50,
              "data": {"buildrequestid": 9, "builder": "mac", "buildsetid": 9, "branch": "main", "revision": "r9",
@@ -634,6 +636,16 @@ def test_api_answers_warming_up_until_the_state_is_complete_and_ingest_goes_on(l
         [("m1", i) for i in range(1, 7)] + [("m2", 9)])
     code, health, _ = get(client, "/health")
     assert health["state"] == {"status": "ready", "cursor": "e1:7", "source": "journal"}
+    assert (metric(client, "firehose_state_ready"), metric(client, "firehose_state_replay_remaining")) == (1, 0)
+
+
+def metric(client: StubTreq, name: str) -> float:
+    """One unlabelled sample of /metrics."""
+    d = client.request("GET", "http://firehose.test/metrics")
+    client.flush()
+    text = result(result(d).content()).decode()
+    (value,) = [line.split()[1] for line in text.splitlines() if line.startswith(name + " ")]
+    return float(value)
 
 
 def test_a_site_without_a_feed_has_no_gate() -> None:
