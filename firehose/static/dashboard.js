@@ -46,7 +46,15 @@
   async function api(path) {
     const r = await fetch(path, { cache: "no-store" });
     const body = await r.json();
-    if (!r.ok) throw new Error(body.message || r.statusText);
+    if (!r.ok) {
+      const err = new Error(body.message || r.statusText);
+      // A server that has just started without its state checkpoint: /api says how far it is.
+      if (body.error === "warming_up") {
+        err.warming = body.progress || {};
+        err.retryAfter = Number(r.headers.get("Retry-After")) || 1;
+      }
+      throw err;
+    }
     return body;
   }
 
@@ -668,7 +676,7 @@
   function setState(state, transport) {
     conn.state = state;
     if (transport) conn.transport = transport;
-    const label = { live: `live (${conn.transport})`, reconnecting: "reconnecting…", connecting: "connecting…", offline: "offline" }[state];
+    const label = { live: `live (${conn.transport})`, reconnecting: "reconnecting…", connecting: "connecting…", offline: "offline", warming: "server warming up…" }[state];
     ui.connection.textContent = label;
     ui.connection.dataset.state = state;
     ui.connection.dataset.transport = conn.transport || "";
@@ -688,6 +696,12 @@
   (async function start() {
     for (let i = 0; ; i++) {
       try { await loadSnapshot(); break; } catch (e) {
+        if (e.warming) {
+          setState("warming");
+          await new Promise((resolve) => setTimeout(resolve, 1000 * Math.min(30, Math.max(1, e.retryAfter))));
+          i = -1;                                                  // it answers: not a failure to back off from
+          continue;
+        }
         setState("offline");
         await new Promise((resolve) => setTimeout(resolve, Math.min(15000, 1000 * 2 ** i)));
       }

@@ -37,7 +37,15 @@
   async function api(path) {
     const r = await fetch(path, { cache: "no-store" });
     const body = await r.json();
-    if (!r.ok) throw new Error(body.message || r.statusText);
+    if (!r.ok) {
+      const err = new Error(body.message || r.statusText);
+      // A server that has just started without its state checkpoint: /api says how far it is.
+      if (body.error === "warming_up") {
+        err.warming = body.progress || {};
+        err.retryAfter = Number(r.headers.get("Retry-After")) || 1;
+      }
+      throw err;
+    }
     return body;
   }
 
@@ -199,7 +207,7 @@
     const el = $("connection");
     if (transport) el.dataset.transport = transport;
     el.dataset.state = st;
-    el.textContent = { live: `live (${el.dataset.transport})`, reconnecting: "reconnecting…", connecting: "connecting…", offline: "offline" }[st];
+    el.textContent = { live: `live (${el.dataset.transport})`, reconnecting: "reconnecting…", connecting: "connecting…", offline: "offline", warming: "server warming up…" }[st];
   }
 
   // --- Filters in the URL --------------------------------------------------------------------
@@ -225,6 +233,12 @@
     let cursor;
     for (let i = 0; ; i++) {
       try { cursor = await snapshot(); break; } catch (e) {
+        if (e.warming) {
+          setConnection("warming");
+          await new Promise((resolve) => setTimeout(resolve, 1000 * Math.min(30, Math.max(1, e.retryAfter))));
+          i = -1;                                                  // it answers: not a failure to back off from
+          continue;
+        }
         setConnection("offline");
         await new Promise((resolve) => setTimeout(resolve, Math.min(15000, 1000 * 2 ** i)));
       }

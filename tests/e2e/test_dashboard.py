@@ -255,3 +255,31 @@ def test_a_new_journal_behind_the_same_url_is_a_gap_the_page_resyncs_from(demo: 
     page.wait_for_selector('tr[data-rev="r1"]', state="detached")   # the old journal's revisions are gone
     page.wait_for_selector('#connection[data-state="live"]')
     assert page.evaluate("window.__notReloaded") is True
+
+
+def test_a_warming_server_is_shown_as_warming_up_then_the_grid_loads(demo: Any, page: Any) -> None:
+    """While /api answers 503 ``warming_up`` (a start without its state checkpoint), the page
+    says the server is warming up instead of "offline", asks again after ``Retry-After``, and
+    shows the grid once the state answers.  The 503s are the server's own shape, served by a
+    route for the first two questions."""
+    server, s = demo
+    history(s)
+    feed(server, s)
+    warming = {"n": 0}
+    body = ('{"error": "warming_up", "message": "the build state is warming up", "progress": '
+            '{"source": "journal", "replayed": 10, "remaining": 90, "percent": 10.0, "elapsed": 0.5}}')
+
+    def route(r: Any) -> None:
+        if warming["n"] < 2:
+            warming["n"] += 1
+            r.fulfill(status=503, body=body, headers={"Content-Type": "application/json", "Retry-After": "1"})
+        else:
+            r.continue_()
+
+    page.route("**/api/revisions*", route)
+    page.goto(server.url + "/")
+    page.wait_for_selector('#connection[data-state="warming"]')
+    assert "warming up" in page.text_content("#connection")
+    page.wait_for_selector('#connection[data-state="live"]')
+    assert warming["n"] == 2
+    assert cell(page, "r1", "linux").text_content() == "S"
