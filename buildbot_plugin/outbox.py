@@ -328,7 +328,8 @@ class Outbox:
     def _run(self) -> Any:
         try:
             while True:
-                yield self._write_drops()
+                if self._drops:  # (each call of an inlineCallbacks helper costs a generator)
+                    yield self._write_drops()
                 if self._stopping and (
                     # Mid failover round (self._round > 0), the next node is still worth a try.
                     self._timed_out() or (self._failures and not self._round) or not self._memory or self._segments
@@ -366,7 +367,8 @@ class Outbox:
                         self.backoff.reset()
                         self._split = None
                         self.stats["delivered"] += len(batch)
-                    yield self._trim_head()
+                    if from_spool:
+                        yield self._trim_head()
                 elif outcome == "split":
                     self._split = max(1, len(batch) // 2)
                     self._last_send = float("-inf")
