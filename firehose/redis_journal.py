@@ -31,13 +31,22 @@ checks the caller's epoch, so a node never writes into a stream that replaced it
 
 Nothing blocks the reactor: the script runs in a one-thread writer pool (batches that arrive
 while a write is in flight go into the next call, as in :class:`SQLiteJournal`), range reads
-and trims in a small reader pool, and one reader thread per node runs ``XREAD BLOCK`` from the
-last ID it delivered, handing each batch to the reactor with ``callFromThread``.
+and trims in a small reader pool, and one reader thread per node follows the stream from the
+last offset it delivered, handing each batch to the reactor with ``callFromThread``.
+
+A node does not read its own events back: parsing a stream entry in redis-py (pure Python
+without hiredis) and decoding the event again cost more than everything else the node does
+with it.  The writer thread keeps the events of each script call (their offsets are one
+consecutive run) and the reader loop, which waits with ``XREAD BLOCK`` for one entry only,
+hands a run on from memory when the stream reaches it; it reads from the stream only the other
+nodes' entries (and its own that it no longer keeps).  Either way the listeners get the same
+bytes, in offset order.
 """
 
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -91,8 +100,13 @@ return {ARGV[1], 1, '0'}
 """
 
 # KEYS: epoch, head, stream, seqs, latest.
-# ARGV: epoch, received, then per event: master, incarnation, seq, type, body.
-# Returns {'ok', off1, prev1, off2, prev2, ...} (off 0: a duplicate), {'epoch', current} or {'lost'}.
+# ARGV: epoch, received, then the events packed in one string: per event a header line
+# "<bytes of master> <of incarnation> <of seq> <of type> <of body>\n" and those five fields back
+# to back (one argument, not five an event: what the client packs and Redis parses per argument
+# was most of the node's cost of a write).  Every header is read before anything is written, so
+# a malformed string writes nothing.
+# Returns {'ok', "off1 prev1 off2 prev2 ..."} (off 0: a duplicate; prev: the last seq before),
+# {'epoch', current} or {'lost'}.
 _APPEND = """
 local current = redis.call('GET', KEYS[1])
 if current ~= ARGV[1] then
@@ -105,28 +119,71 @@ local function above(a, b)
   if #a ~= #b then return #a > #b end
   return a > b
 end
-local out = {'ok'}
+local data = ARGV[3]
+local events = {}
+local pos, size = 1, #data
+while pos <= size do
+  local nl = string.find(data, '\\n', pos, true)
+  if not nl then return redis.error_reply('firehose: malformed batch') end
+  local lm, li, ls, lt, lb = string.match(string.sub(data, pos, nl - 1), '^(%d+) (%d+) (%d+) (%d+) (%d+)$')
+  if not lb then return redis.error_reply('firehose: malformed batch') end
+  local ev = {}
+  local p = nl + 1
+  for k, n in ipairs({tonumber(lm), tonumber(li), tonumber(ls), tonumber(lt), tonumber(lb)}) do
+    ev[k] = string.sub(data, p, p + n - 1)
+    p = p + n
+  end
+  if p - 1 > size then return redis.error_reply('firehose: malformed batch') end
+  events[#events + 1] = ev
+  pos = p
+end
+local out = {}
 local mine = {}
-for i = 3, #ARGV, 5 do
-  local master, inc, seq = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+for _, ev in ipairs(events) do
+  local master, inc, seq = ev[1], ev[2], ev[3]
   local field = #master .. ':' .. master .. inc
   local last = mine[field] or redis.call('HGET', KEYS[4], field) or '0'
   if above(seq, last) then
     local off = redis.call('INCR', KEYS[2])
-    redis.call('XADD', KEYS[3], off .. '-0', 't', ARGV[i + 3], 'm', master, 'i', inc, 's', seq,
-               'r', ARGV[2], 'b', ARGV[i + 4])
+    redis.call('XADD', KEYS[3], off .. '-0', 't', ev[4], 'm', master, 'i', inc, 's', seq,
+               'r', ARGV[2], 'b', ev[5])
     redis.call('HSET', KEYS[4], field, seq)
     redis.call('HSET', KEYS[5], master, inc)
     mine[field] = seq
     out[#out + 1] = off
-    out[#out + 1] = last
   else
     out[#out + 1] = 0
-    out[#out + 1] = last
   end
+  out[#out + 1] = last
 end
-return out
+return {'ok', table.concat(out, ' ')}
 """
+
+#: Events of this node's own writes kept for the reader loop (see ``_own_written``).
+OWN_MAX = 100_000
+
+
+class _Pending:
+    """A batch waiting for the writer: its events, their bodies, the script's packed form."""
+
+    __slots__ = ("events", "bodies", "packed", "d")
+
+    def __init__(
+        self, events: list[dict[str, Any]], bodies: list[bytes], packed: bytes, d: defer.Deferred[AppendResult]
+    ) -> None:
+        self.events, self.bodies, self.packed, self.d = events, bodies, packed, d
+
+
+class _Stored:
+    """What the writer thread made of one script call: its status (``ok``, ``epoch``,
+    ``lost``), the epoch Redis holds when it is not ours, each batch's result, and how many
+    replicas acknowledged (``None``: not asked)."""
+
+    __slots__ = ("status", "current", "results", "acked")
+
+    def __init__(self, status: str, current: str, results: list[AppendResult], acked: int | None) -> None:
+        self.status, self.current, self.results, self.acked = status, current, results, acked
+
 
 _CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
 
@@ -142,6 +199,16 @@ def _body(ev: dict[str, Any]) -> bytes:
             "time": ev["time"],
             "data": ev["data"],
         }
+    )
+
+
+def _packed(ev: dict[str, Any], body: bytes) -> bytes:
+    """One event as the script reads it: the header line of lengths (in bytes), then master,
+    incarnation, seq, type and body."""
+    master, inc = ev["master"].encode(), ev["incarnation"].encode()
+    seq, type_ = str(ev["seq"]).encode(), ev["type"].encode()
+    return b"%d %d %d %d %d\n%b%b%b%b%b" % (
+        len(master), len(inc), len(seq), len(type_), len(body), master, inc, seq, type_, body,
     )
 
 
@@ -225,7 +292,7 @@ class RedisJournal:
         self._latest = latest
         self.write_health = WriteHealth()
         self._listeners: list[Listener] = []
-        self._pending: list[tuple[list[dict[str, Any]], list[bytes], defer.Deferred[AppendResult]]] = []
+        self._pending: list[_Pending] = []
         self._writing = False
         self._idle: list[defer.Deferred[None]] = []
         #: (last offset of a stored batch, its Deferred, its result): fired once delivered.
@@ -243,6 +310,12 @@ class RedisJournal:
         self._writer.start()
         self._readers.start()
         self._stopping = threading.Event()
+        #: Runs of this node's stored events not yet delivered (writer -> reader loop), guarded
+        #: with the count of script calls in flight by ``_own_cond``.
+        self._own: deque[list[Event]] = deque()
+        self._own_count = 0
+        self._writes_in_flight = 0
+        self._own_cond = threading.Condition()
         #: Batches handed to the reactor and not yet delivered: bounds what the loop holds.
         self._in_flight = threading.Semaphore(2)
         self._loop_done: defer.Deferred[None] = defer.Deferred()
@@ -292,11 +365,12 @@ class RedisJournal:
         events = list(batch)
         try:
             bodies = [_body(ev) for ev in events]
+            packed = b"".join([_packed(ev, body) for ev, body in zip(events, bodies, strict=True)])
         except Exception as exc:
             return defer.fail(UnstorableBatch(f"the journal cannot store this batch: {exc}"))
         if self._replaced is not None:
             return defer.fail(JournalError(self._replaced))
-        self._pending.append((events, bodies, d))
+        self._pending.append(_Pending(events, bodies, packed, d))
         if not self._writing:
             self._write_pending()
         return d
@@ -304,33 +378,67 @@ class RedisJournal:
     def _write_pending(self) -> None:
         group, self._pending = self._pending, []
         self._writing = True
-        args: list[Any] = [self.epoch, repr(self._clock.seconds())]
-        for events, bodies, _ in group:
-            for ev, body in zip(events, bodies, strict=True):
-                args += [ev["master"], ev["incarnation"], str(ev["seq"]), ev["type"], body]
-        d = deferToThreadPool(self._reactor, self._writer, self._store_sync, args)
+        args = [self.epoch, repr(self._clock.seconds()), b"".join([p.packed for p in group])]
+        d = deferToThreadPool(self._reactor, self._writer, self._store_sync, args, group)
         d.addBoth(self._written, group)
 
-    def _store_sync(self, args: list[Any]) -> tuple[list[Any], int | None]:
-        """Run the script; then ``WAIT`` for the replicas if asked.  Off the reactor thread."""
-        reply = self._append_script(keys=self._keys, args=args, client=self._writer_redis)
+    def _store_sync(self, args: list[Any], group: list[_Pending]) -> _Stored:
+        """Run the script, read its answer into each batch's result, and tell the reader loop
+        which offsets are this node's (:meth:`_own_written`); then ``WAIT`` for the replicas if
+        asked.  Off the reactor thread."""
+        with self._own_cond:
+            self._writes_in_flight += 1
+        try:
+            reply = self._append_script(keys=self._keys, args=args, client=self._writer_redis)
+            status = reply[0].decode() if reply else "?"
+            if status != "ok":
+                return _Stored(status, reply[1].decode() if len(reply) > 1 else "", [], None)
+            results = self._results(reply[1].split(), group)
+            self._own_written([e for r in results for e in r.accepted])
+        finally:
+            with self._own_cond:
+                self._writes_in_flight -= 1
+                self._own_cond.notify_all()
         acked = None
-        if self.wait_replicas and reply and reply[0] == b"ok":
+        if self.wait_replicas:
             acked = int(self._writer_redis.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms))
-        return reply, acked
+        return _Stored(status, "", results, acked)
 
-    def _written(
-        self,
-        outcome: tuple[list[Any], int | None] | Failure,
-        group: list[tuple[list[dict[str, Any]], list[bytes], defer.Deferred[AppendResult]]],
-    ) -> None:
+    def _results(self, numbers: list[bytes], group: list[_Pending]) -> list[AppendResult]:
+        """Each batch's result from the script's ``offset prev`` pairs: its accepted events (the
+        same objects the listeners will be handed), duplicates and seq gaps."""
+        epoch = self.epoch
+        results = []
+        pos = 0
+        for pending in group:
+            result = AppendResult()
+            for ev, body in zip(pending.events, pending.bodies, strict=True):
+                offset, prev = int(numbers[pos]), int(numbers[pos + 1])
+                pos += 2
+                if not offset:
+                    result.duplicates += 1
+                    continue
+                if ev["seq"] != prev + 1:
+                    result.seq_gaps += 1
+                cursor = format_cursor(epoch, offset)
+                obj = {"id": cursor, "type": ev["type"], "master": ev["master"], "incarnation": ev["incarnation"],
+                       "seq": ev["seq"], "time": ev["time"], "data": ev["data"]}
+                result.accepted.append(
+                    Event(offset, cursor, ev["type"], b'{"id":"' + cursor.encode() + b'",' + body[1:], obj)
+                )
+            results.append(result)
+        if pos != len(numbers):
+            raise JournalError(f"the append script answered {len(numbers)} numbers for {pos // 2} events")
+        return results
+
+    def _written(self, outcome: _Stored | Failure, group: list[_Pending]) -> None:
         try:
             self._answer(outcome, group)
         except Exception:
             self.log.failure("Redis journal: answering a write failed")
-            for _, _, bd in group:
-                if not bd.called:
-                    bd.errback(JournalError("journal write failed: internal error"))
+            for p in group:
+                if not p.d.called:
+                    p.d.errback(JournalError("journal write failed: internal error"))
         finally:
             self._writing = False
             if self._pending:
@@ -340,11 +448,7 @@ class RedisJournal:
                 for w in idle:
                     w.callback(None)
 
-    def _answer(
-        self,
-        outcome: tuple[list[Any], int | None] | Failure,
-        group: list[tuple[list[dict[str, Any]], list[bytes], defer.Deferred[AppendResult]]],
-    ) -> None:
+    def _answer(self, outcome: _Stored | Failure, group: list[_Pending]) -> None:
         error: JournalError | None = None
         if isinstance(outcome, Failure):
             why = outcome.getErrorMessage() or repr(outcome.value)
@@ -356,50 +460,80 @@ class RedisJournal:
             self._last_error = why
             self.write_health.failed(why, self._clock.seconds())
             error = JournalError(f"journal write failed: Redis: {why}")
-            reply: list[Any] = []
-            acked = None
-        else:
-            reply, acked = outcome
-            status = reply[0].decode() if reply else "?"
-            if status == "epoch":
-                self._stream_replaced(reply[1].decode())
-                error = JournalError(self._replaced or "the shared stream was replaced")
-            elif status == "lost":
-                self._stream_replaced("")
-                error = JournalError(self._replaced or "the shared stream was lost")
+        elif outcome.status == "epoch":
+            self._stream_replaced(outcome.current)
+            error = JournalError(self._replaced or "the shared stream was replaced")
+        elif outcome.status == "lost":
+            self._stream_replaced("")
+            error = JournalError(self._replaced or "the shared stream was lost")
+        elif outcome.status != "ok":
+            error = JournalError(f"journal write failed: the append script answered {outcome.status!r}")
         if error is not None:
-            for _, _, bd in group:
-                bd.errback(error)
+            for p in group:
+                p.d.errback(error)
             return
+        assert not isinstance(outcome, Failure)
         self.write_health.succeeded()
         self._write_lost_link = False
+        acked = outcome.acked
         short = acked is not None and acked < self.wait_replicas
         if short:
             why = f"WAIT: {acked} of {self.wait_replicas} replicas acknowledged within {self.wait_timeout_ms} ms"
             self._last_error = why
             self.write_health.failed(why, self._clock.seconds())
-        pos = 1
-        for events, bodies, bd in group:
-            result = AppendResult()
-            for ev, body in zip(events, bodies, strict=True):
-                offset, prev = int(reply[pos]), int(reply[pos + 1])
-                pos += 2
-                if not offset:
-                    result.duplicates += 1
-                    continue
-                if ev["seq"] != prev + 1:
-                    result.seq_gaps += 1
-                obj = {"id": format_cursor(self.epoch, offset), **{k: ev[k] for k in
-                       ("type", "master", "incarnation", "seq", "time", "data")}}
-                result.accepted.append(_event(self.epoch, offset, ev["type"], body, obj))
-                self._stream_head = max(self._stream_head, offset)
+        for p, result in zip(group, outcome.results, strict=True):
+            if result.accepted:
+                self._stream_head = max(self._stream_head, result.accepted[-1].offset)
             if short:
                 # Stored, but not on enough replicas: not acknowledged.  The retry is a duplicate.
-                bd.errback(JournalError(f"journal write not replicated: {why}; the batch is stored, a retry is safe"))
+                p.d.errback(JournalError(f"journal write not replicated: {why}; the batch is stored, a retry is safe"))
             elif not result.accepted or result.accepted[-1].offset <= self.head:
-                bd.callback(result)
+                p.d.callback(result)
             else:
-                self._waiting.append((result.accepted[-1].offset, bd, result))
+                self._waiting.append((result.accepted[-1].offset, p.d, result))
+
+    # -- this node's own events, handed to the reader loop -----------------------------------
+
+    def _own_written(self, events: list[Event]) -> None:
+        """Keep the events this node just stored (writer thread): the reader loop delivers them
+        from here rather than reading and decoding them back from the stream.  One script call's
+        accepted events have consecutive offsets (``INCR`` in one atomic script), so they are
+        one run.  Bounded: past :data:`OWN_MAX` events the oldest runs are dropped, and the loop
+        reads those from the stream instead (always correct, only slower)."""
+        if not events:
+            return
+        with self._own_cond:
+            self._own.append(events)
+            self._own_count += len(events)
+            while self._own_count > OWN_MAX and len(self._own) > 1:
+                self._own_count -= len(self._own.popleft())
+
+    def _own_after(self, last: int) -> list[Event] | None:
+        """This node's events that follow offset ``last`` directly, if the writer kept them
+        (reader thread); runs the loop has already passed are dropped."""
+        with self._own_cond:
+            own = self._own
+            while own and own[0][-1].offset <= last:
+                self._own_count -= len(own.popleft())
+            if own and own[0][0].offset <= last + 1:
+                run = own.popleft()
+                self._own_count -= len(run)
+                return [e for e in run if e.offset > last] if run[0].offset <= last else run
+            return None
+
+    def _own_bound(self, offset: int) -> int | None:
+        """Where this node's next run starts, for ``offset``, the first entry after the loop's
+        position (reader thread): the first offset of the first kept run that ends at or after
+        ``offset`` (``None``: none), once no write of this node is in flight (until then a run
+        that holds ``offset`` may not be known yet).  ``offset`` is this node's own if the
+        answer is ``<= offset``; else the other nodes' entries end before the answer."""
+        with self._own_cond:
+            while self._writes_in_flight and not self._stopping.is_set():
+                if any(run[0].offset <= offset <= run[-1].offset for run in self._own):
+                    break
+                self._own_cond.wait(1.0)
+            starts = [run[0].offset for run in self._own if run[-1].offset >= offset]
+            return min(starts) if starts else None
 
     def read(self, after: int, limit: int) -> defer.Deferred[list[Event]]:
         # ``head`` is read here, in the reactor thread: only events this node delivered.
@@ -492,40 +626,56 @@ class RedisJournal:
     # -- the reader loop (its own thread) --------------------------------------------------
 
     def _read_loop(self, head: int) -> None:
-        """``XREAD BLOCK`` from the last delivered ID; each batch goes to the reactor.  On a
-        connection error: back off and resume from the same ID, so nothing is skipped."""
+        """Follow the stream from the last delivered offset; each batch goes to the reactor.
+
+        This node's own events are not read back: the writer keeps them (:meth:`_own_written`)
+        and the loop hands them on when the stream reaches them.  So the loop waits with
+        ``XREAD BLOCK`` for one entry only; when that entry is this node's (known once no write
+        of this node is in flight) its run is delivered from memory, otherwise the other nodes'
+        entries are read up to this node's next run.  On a connection error: back off and
+        resume from the same offset, so nothing is skipped."""
         last = head
         backoff = Backoff(initial=0.1, maximum=5.0)
         r = self._loop_redis
         try:
             while not self._stopping.is_set():
                 try:
+                    own = self._own_after(last)
+                    if own:
+                        last = own[-1].offset
+                        self._hand_over(own, [(e.obj["master"], e.obj["incarnation"], e.obj["seq"]) for e in own],
+                                        None)
+                        continue
                     if self._loop_client_id is None:
                         self._loop_client_id = int(r.client_id())
                         self._reactor.callFromThread(self._link_up, None)
-                    reply = r.xread({self._stream: f"{last}-0"}, count=READ_COUNT, block=BLOCK_MS)
+                    reply = r.xread({self._stream: f"{last}-0"}, count=1, block=BLOCK_MS)
                     backoff.reset()
                     entries = reply[0][1] if reply else []
-                    known = None
-                    if not entries or len(entries) == READ_COUNT:
-                        # Idle, or behind: learn the stream head (lag) and check the epoch.
-                        epoch, counter = r.mget(self._keys[0], self._keys[1])
-                        if epoch is None or epoch.decode() != self.epoch:
-                            self._reactor.callFromThread(self._stream_replaced, epoch.decode() if epoch else "")
-                        known = int(counter) if counter is not None else None
                     if not entries:
-                        self._reactor.callFromThread(self._link_up, known)
+                        # Idle: learn the stream head (lag) and check the epoch.
+                        self._reactor.callFromThread(self._link_up, self._check_epoch(r))
                         continue
+                    first = _offset(entries[0][0])
+                    mine = self._own_bound(first)
+                    if mine is not None and mine <= first:
+                        # ``first`` is in this node's run, delivered from memory at the top of
+                        # the loop (nothing lies between ``last`` and the run: trimmed if anything).
+                        last = max(last, mine - 1)
+                        continue
+                    end = f"{mine - 1}-0" if mine is not None else "+"
+                    page = r.xrange(self._stream, f"{first}-0", end, count=READ_COUNT)
+                    if not page:
+                        continue
+                    known = self._check_epoch(r) if len(page) == READ_COUNT else None
                     epoch_ = self.epoch
                     events = []
                     seqs = []
-                    for entry_id, f in entries:
-                        offset = _offset(entry_id)
-                        events.append(_event(epoch_, offset, f[b"t"].decode(), f[b"b"]))
+                    for entry_id, f in page:
+                        events.append(_event(epoch_, _offset(entry_id), f[b"t"].decode(), f[b"b"]))
                         seqs.append((f[b"m"].decode(), f[b"i"].decode(), int(f[b"s"])))
                     last = events[-1].offset
-                    self._in_flight.acquire()
-                    self._reactor.callFromThread(self._deliver, events, seqs, known)
+                    self._hand_over(events, seqs, known)
                 except redis.RedisError as exc:
                     if self._stopping.is_set():
                         break
@@ -535,6 +685,19 @@ class RedisJournal:
                     self._stopping.wait(backoff.next())
         finally:
             self._reactor.callFromThread(self._loop_done.callback, None)
+
+    def _hand_over(self, events: list[Event], seqs: list[tuple[str, str, int]], known: int | None) -> None:
+        """Hand a batch to the reactor (reader thread); at most two are in the reactor's hands
+        at a time, which bounds what the loop holds."""
+        self._in_flight.acquire()
+        self._reactor.callFromThread(self._deliver, events, seqs, known)
+
+    def _check_epoch(self, r: Any) -> int | None:
+        """The stream head (the counter), and a replaced stream reported (reader thread)."""
+        epoch, counter = r.mget(self._keys[0], self._keys[1])
+        if epoch is None or epoch.decode() != self.epoch:
+            self._reactor.callFromThread(self._stream_replaced, epoch.decode() if epoch else "")
+        return int(counter) if counter is not None else None
 
     # -- in the reactor thread ---------------------------------------------------------------
 

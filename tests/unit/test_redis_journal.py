@@ -13,10 +13,12 @@ from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
+from firehose import redis_journal as rj
 from firehose.config import Retention
+from firehose.event import Event
 from firehose.hub import Hub
 from firehose.journal import IJournal, JournalError
-from firehose.redis_journal import RedisJournal
+from firehose.redis_journal import RedisJournal, _packed
 from firehose.web import _health
 from tests.redis_server import RedisServer
 from tests.unit.helpers import batch
@@ -157,3 +159,104 @@ class RedisJournalNodesTests(TestCase):
         b = self.node()
         again = yield b.append(batch(1, 2))
         self.assertEqual((len(again.accepted), again.duplicates), (0, 2))
+
+
+class OwnEventsTests(TestCase):
+    """A node hands its listeners the events it stored itself from what it wrote, not from
+    reading them back; what they hold is the same as what any node reads from the stream."""
+
+    def setUp(self) -> None:
+        self.server = RedisServer(self.mktemp())
+        self.server.start()
+        self.addCleanup(self.server.stop)
+
+    def node(self, **kw: Any) -> RedisJournal:
+        journal = RedisJournal(self.server.url, retention=Retention(max_age=None, max_events=None), **kw)
+        self.addCleanup(journal.close)
+        return journal
+
+    @defer.inlineCallbacks
+    def test_own_events_are_delivered_as_written(self) -> Any:
+        """The listeners get the very events of the append's result (decoded already), with
+        the bytes another node reads from the stream."""
+        a, b = self.node(), self.node()
+        heard: list[Any] = []
+        a.listen(heard.extend)
+        rb = Recorder(b)
+        r = yield a.append(batch(1, 5))
+        self.assertEqual([id(e) for e in heard], [id(e) for e in r.accepted])
+        yield rb.until(5)
+        self.assertEqual([(e.offset, e.cursor, e.encoded) for e in heard], rb.seen)
+
+    @defer.inlineCallbacks
+    def test_interleaved_nodes_deliver_one_order(self) -> Any:
+        """Batches of two nodes, appended concurrently and one after another, reach both
+        nodes' listeners in offset order with no offset missing or doubled, the same bytes as
+        a read, whichever node wrote each."""
+        a, b = self.node(), self.node()
+        ra, rb = Recorder(a), Recorder(b)
+        seqs = {"m1": 0, "m2": 0}
+
+        def more(node: RedisJournal, master: str, n: int) -> Any:
+            first = seqs[master] + 1
+            seqs[master] += n
+            return node.append(batch(first, first + n - 1, master=master))
+
+        for n in (1, 3, 7):
+            yield defer.gatherResults([more(a, "m1", n), more(b, "m2", n + 1), more(a, "m1", 2)])
+            yield more(b, "m2", 1)
+        total = sum(seqs.values())
+        yield defer.gatherResults([ra.until(total), rb.until(total)])
+        self.assertEqual([o for o, _, _ in ra.seen], list(range(1, total + 1)))
+        self.assertEqual(ra.seen, rb.seen)
+        back = yield a.read(0, 1000)
+        self.assertEqual([(e.offset, e.cursor, e.encoded) for e in back], ra.seen)
+        self.assertEqual(a.last_seqs(), b.last_seqs())
+
+    @defer.inlineCallbacks
+    def test_lengths_are_counted_in_bytes(self) -> Any:
+        """An incarnation and data beyond ASCII are stored and read back exactly (the script
+        cuts its argument by lengths in bytes)."""
+        a, b = self.node(), self.node()
+        rb = Recorder(b)
+        events = batch(1, 2, incarnation="inc-é✓\n 2")
+        events[1]["data"]["note"] = "ünïcødé ✓ \n\u2028 " * 20
+        r = yield a.append(events)
+        yield rb.until(2)
+        self.assertEqual([e.encoded for e in r.accepted], [enc for _, _, enc in rb.seen])
+        back = yield b.read(0, 10)
+        self.assertEqual([e.obj for e in back], [e.obj for e in r.accepted])
+        self.assertEqual(back[1].obj["data"]["note"], events[1]["data"]["note"])
+
+    def test_malformed_argument_writes_nothing(self) -> None:
+        """The script reads every header before it writes: a truncated argument is an error
+        and leaves the stream, the counter and the dedup state as they were."""
+        a = self.node()
+        client = redis.Redis.from_url(self.server.url)
+        self.addCleanup(client.close)
+        good = _packed({"master": "m1", "incarnation": "i1", "seq": 1, "type": "build.started"}, b'{"x":1}')
+        before = (client.xlen(a._stream), client.get(a._keys[1]), client.hgetall(a._keys[3]))
+        for data in (good + good[:-1], good + b"1 2 3\n", good + b"no header"):
+            with self.assertRaises(redis.ResponseError):
+                client.eval(rj._APPEND, len(a._keys), *a._keys, a.epoch, "0", data)
+        self.assertEqual((client.xlen(a._stream), client.get(a._keys[1]), client.hgetall(a._keys[3])), before)
+
+    @defer.inlineCallbacks
+    def test_past_the_bound_own_events_are_read_back(self) -> Any:
+        """Past ``OWN_MAX`` kept events the oldest runs are let go (the loop then reads them
+        from the stream): the listeners still hear everything, once, in order."""
+        self.patch(rj, "OWN_MAX", 3)
+        a = self.node()
+        # Runs far ahead of the stream, which the loop never reaches: only the bound acts.
+        far = [Event(1000 + i, f"{a.epoch}:{1000 + i}", "build.started", b"{}", {}) for i in range(6)]
+        a._own_written(far[:2])
+        a._own_written(far[2:4])
+        a._own_written(far[4:])
+        self.assertEqual(([run[0].offset for run in a._own], a._own_count), ([1004], 2))
+        a._own.clear()
+        a._own_count = 0
+        rec = Recorder(a)
+        results = yield defer.gatherResults([a.append(batch(1, 4)), a.append(batch(5, 6)), a.append(batch(7, 11))])
+        yield rec.until(11)
+        self.assertEqual([o for o, _, _ in rec.seen], list(range(1, 12)))
+        self.assertEqual(sum(len(r.accepted) for r in results), 11)
