@@ -73,6 +73,8 @@ _ENV_END = re.compile(r"^ (?:using PTY: |writing \d+ bytes to stdin$)")
 
 def get(payload: Any, name: str, default: Any = None) -> Any:
     """Read ``name`` from a dict payload or a dataclass/model payload alike."""
+    if type(payload) is dict:  # nearly always; isinstance of an ABC costs more than the get
+        return payload.get(name, default)
     if isinstance(payload, Mapping):
         return payload.get(name, default)
     return getattr(payload, name, default)

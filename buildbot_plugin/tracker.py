@@ -185,7 +185,7 @@ class Tracker:
         for w in workers or ():
             self.workers[w["workerid"]] = w["name"]
         newest = yield self._get(("builds",), order=["-buildid"], limit=1)
-        if isinstance(newest, list):
+        if isinstance(newest, list | collections.UserList):  # the data API answers a UserList
             ids = [b.get("buildid") for b in newest if isinstance(b, dict)]
             self.first_live_buildid = max([i for i in ids if isinstance(i, int)], default=0) + 1
 

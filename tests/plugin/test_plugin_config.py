@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import datetime
 from typing import Any
 
@@ -167,13 +168,14 @@ def test_tracker_makes_out_of_order_messages_coherent() -> None:
 
 
 @pytest.mark.parametrize("newest, lossy, fetched", [([], False, False), ([{"buildid": 1}], False, True),
-                                                    ([], True, True), (None, False, True)])
+                                                    ([], True, True), (None, False, True),
+                                                    (collections.UserList([]), False, False)])
 def test_tracker_fetches_final_properties_only_when_it_may_have_missed_some(newest: Any, lossy: bool,
                                                                              fetched: bool) -> None:
     """A build created after the plugin started (newer than the newest build at preload) had
     every properties update merged: it finishes without a data-API call, with the same
     properties.  An older build, any build once a message was lost, or when the newest build
-    could not be found, is fetched."""
+    could not be found, is fetched.  (The real data API answers a ``UserList``.)"""
     data = FakeData()
     data.db[("builds",)] = newest
     data.db[("builds", 1, "properties")] = {"branch": ("main", "Build"), "late": ("x", "Step")}
