@@ -46,7 +46,6 @@ def test_bench_smoke_runs_and_produces_numbers(tmp_path: object) -> None:
     # one event per POST from 10 masters: every POST carried one event, and they were delivered
     assert scen["ws_unbatched"]["summary"]["deliveries"]["median"] > 0
     assert scen["ws_unbatched"]["summary"]["ev_per_post"]["median"] == 1
-    assert scen["ws_unbatched"]["summary"]["pub_errors"]["median"] == 0
     assert scen["ws_unbatched"]["summary"]["loadgen_cpu_pct"]["n"] == 1
     assert scen["ingest_single"]["summary"]["requests_per_s"]["median"] > 0
     assert scen["startup"]["summary"]["first_api_correct_s"]["n"] == 1
