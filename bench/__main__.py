@@ -193,7 +193,9 @@ def main(argv: list[str] | None = None) -> int:
         from bench import report
 
         res = report.load(args.name or "suite")
-        if args.command == "table":
+        if args.command == "table" and any(k.startswith("curve_") for k in res.get("scenarios", {})):
+            print(report.curve_table(res))
+        elif args.command == "table":
             print(report.table(res, report.load_optional("buildbot")))
         else:
             report.plots(res, args.name or "suite")
