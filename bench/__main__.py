@@ -1,11 +1,11 @@
 """``python -m bench``: run the benchmark suite, write bench/results/<name>.json and PNG plots,
 print the table of targets against measured values.
 
-    .venv/bin/python -m bench                 # the default suite (~8 minutes; issue 13's rows too)
+    .venv/bin/python -m bench                 # the default suite (~9 minutes; issue 13's rows too)
     .venv/bin/python -m bench --smoke         # seconds: proves the bench runs (tests use it)
     .venv/bin/python -m bench --only ws_fanout,ingest --repeat 5
     .venv/bin/python -m bench --only ws_unbatched,ws_unbatched_300,ingest_single --repeat 1 --name baseline13
-    .venv/bin/python -m bench curves --curve-repeat 3   # scaling curves (~15 min at 3 runs a point)
+    .venv/bin/python -m bench curves --curve-repeat 3   # scaling curves (~5 min at 1 run a point, ~12 at 3)
     .venv/bin/python -m bench buildbot        # plugin overhead, end to end, Buildbot's own /ws
     .venv/bin/python -m bench profile         # py-spy flame graphs of the hot paths
     .venv/bin/python -m bench profile --only ws_unbatched,ingest_single
@@ -16,7 +16,11 @@ Each figure is the median of ``--repeat`` runs (default 3) with min and max.  Ev
 the server's CPU (``server_cpu_pct``) and the load generator's own (``loadgen_cpu_pct``,
 utime+stime of fhload from /proc over the same window): the second table of the output has both
 for every scenario, so a figure whose generator was near 100% of its core says the client, not
-the server, was the limit.
+the server, was the limit.  Each window also records how long the server and the generator were
+runnable but waiting for their cores (``*_runq_wait_pct``, /proc/<pid>/task/*/schedstat) and the
+machine's CPU and I/O pressure (/proc/pressure); scenarios where either process waited more than
+20% of a window are listed as CONTENDED under the tables: on a shared machine they measured the
+machine, and should be rerun when it is quiet (CPU per delivery or per request holds up best).
 
 Scenarios (``--only``; the default suite runs all of them):
 
