@@ -100,11 +100,13 @@ return {ARGV[1], 1, '0'}
 """
 
 # KEYS: epoch, head, stream, seqs, latest.
-# ARGV: epoch, received, then the events packed in one string: per event a header line
-# "<bytes of master> <of incarnation> <of seq> <of type> <of body>\n" and those five fields back
-# to back (one argument, not five an event: what the client packs and Redis parses per argument
-# was most of the node's cost of a write).  Every header is read before anything is written, so
-# a malformed string writes nothing.
+# ARGV: epoch, received, then the group's events in two strings: the byte lengths of each
+# event's master, incarnation, seq, type and body (five numbers an event, space-separated), and
+# those fields back to back.  Two arguments, not five an event: what the client packs and Redis
+# parses per argument was most of the node's cost of a write.  Every length is read, and checked
+# against the data, before anything is written, so malformed arguments write nothing.
+# Per event one XADD; the counter, the seqs and the masters' incarnations are written once at
+# the end (the script is atomic: nobody sees them in between).
 # Returns {'ok', "off1 prev1 off2 prev2 ..."} (off 0: a duplicate; prev: the last seq before),
 # {'epoch', current} or {'lost'}.
 _APPEND = """
@@ -112,49 +114,65 @@ local current = redis.call('GET', KEYS[1])
 if current ~= ARGV[1] then
   return {'epoch', current or ''}
 end
-if redis.call('EXISTS', KEYS[2]) == 0 then
+local head = redis.call('GET', KEYS[2])
+if not head then
   return {'lost'}
 end
+head = tonumber(head)
 local function above(a, b)
   if #a ~= #b then return #a > #b end
   return a > b
 end
-local data = ARGV[3]
-local events = {}
-local pos, size = 1, #data
-while pos <= size do
-  local nl = string.find(data, '\\n', pos, true)
-  if not nl then return redis.error_reply('firehose: malformed batch') end
-  local lm, li, ls, lt, lb = string.match(string.sub(data, pos, nl - 1), '^(%d+) (%d+) (%d+) (%d+) (%d+)$')
-  if not lb then return redis.error_reply('firehose: malformed batch') end
-  local ev = {}
-  local p = nl + 1
-  for k, n in ipairs({tonumber(lm), tonumber(li), tonumber(ls), tonumber(lt), tonumber(lb)}) do
-    ev[k] = string.sub(data, p, p + n - 1)
-    p = p + n
-  end
-  if p - 1 > size then return redis.error_reply('firehose: malformed batch') end
-  events[#events + 1] = ev
-  pos = p
+local lens, data = {}, ARGV[4]
+local total = 0
+for n in string.gmatch(ARGV[3], '%d+') do
+  n = tonumber(n)
+  lens[#lens + 1] = n
+  total = total + n
 end
-local out = {}
-local mine = {}
-for _, ev in ipairs(events) do
-  local master, inc, seq = ev[1], ev[2], ev[3]
+if #lens % 5 ~= 0 or total ~= #data or string.find(ARGV[3], '[^%d ]') then
+  return redis.error_reply('firehose: malformed batch')
+end
+local out, last_seq, changed, latest, masters = {}, {}, {}, {}, {}
+local p = 1
+for i = 1, #lens, 5 do
+  local master = string.sub(data, p, p + lens[i] - 1)
+  p = p + lens[i]
+  local inc = string.sub(data, p, p + lens[i + 1] - 1)
+  p = p + lens[i + 1]
+  local seq = string.sub(data, p, p + lens[i + 2] - 1)
+  p = p + lens[i + 2]
+  local kind = string.sub(data, p, p + lens[i + 3] - 1)
+  p = p + lens[i + 3]
   local field = #master .. ':' .. master .. inc
-  local last = mine[field] or redis.call('HGET', KEYS[4], field) or '0'
+  local last = last_seq[field]
+  if not last then
+    last = redis.call('HGET', KEYS[4], field) or '0'
+    last_seq[field] = last
+  end
   if above(seq, last) then
-    local off = redis.call('INCR', KEYS[2])
-    redis.call('XADD', KEYS[3], off .. '-0', 't', ev[4], 'm', master, 'i', inc, 's', seq,
-               'r', ARGV[2], 'b', ev[5])
-    redis.call('HSET', KEYS[4], field, seq)
-    redis.call('HSET', KEYS[5], master, inc)
-    mine[field] = seq
-    out[#out + 1] = off
+    head = head + 1
+    redis.call('XADD', KEYS[3], string.format('%d-0', head), 't', kind, 'm', master, 'i', inc, 's', seq,
+               'r', ARGV[2], 'b', string.sub(data, p, p + lens[i + 4] - 1))
+    last_seq[field] = seq
+    changed[field] = true
+    if not latest[master] then masters[#masters + 1] = master end
+    latest[master] = inc
+    out[#out + 1] = string.format('%d', head)
   else
-    out[#out + 1] = 0
+    out[#out + 1] = '0'
   end
   out[#out + 1] = last
+  p = p + lens[i + 4]
+end
+if #masters > 0 then
+  redis.call('SET', KEYS[2], string.format('%d', head))
+  for field in pairs(changed) do
+    redis.call('HSET', KEYS[4], field, last_seq[field])
+  end
+  for _, master in ipairs(masters) do
+    redis.call('HSET', KEYS[5], master, latest[master])
+  end
 end
 return {'ok', table.concat(out, ' ')}
 """
@@ -164,14 +182,16 @@ OWN_MAX = 100_000
 
 
 class _Pending:
-    """A batch waiting for the writer: its events, their bodies, the script's packed form."""
+    """A batch waiting for the writer: its events, their bodies, and the script's two
+    arguments for it (lengths and data, see ``_APPEND``)."""
 
-    __slots__ = ("events", "bodies", "packed", "d")
+    __slots__ = ("events", "bodies", "lens", "data", "d")
 
     def __init__(
-        self, events: list[dict[str, Any]], bodies: list[bytes], packed: bytes, d: defer.Deferred[AppendResult]
+        self, events: list[dict[str, Any]], bodies: list[bytes], lens: bytes, data: bytes,
+        d: defer.Deferred[AppendResult],
     ) -> None:
-        self.events, self.bodies, self.packed, self.d = events, bodies, packed, d
+        self.events, self.bodies, self.lens, self.data, self.d = events, bodies, lens, data, d
 
 
 class _Stored:
@@ -202,13 +222,14 @@ def _body(ev: dict[str, Any]) -> bytes:
     )
 
 
-def _packed(ev: dict[str, Any], body: bytes) -> bytes:
-    """One event as the script reads it: the header line of lengths (in bytes), then master,
-    incarnation, seq, type and body."""
+def _packed(ev: dict[str, Any], body: bytes) -> tuple[bytes, bytes]:
+    """One event as the script reads it: the byte lengths of its master, incarnation, seq, type
+    and body, and those fields back to back."""
     master, inc = ev["master"].encode(), ev["incarnation"].encode()
     seq, type_ = str(ev["seq"]).encode(), ev["type"].encode()
-    return b"%d %d %d %d %d\n%b%b%b%b%b" % (
-        len(master), len(inc), len(seq), len(type_), len(body), master, inc, seq, type_, body,
+    return (
+        b"%d %d %d %d %d " % (len(master), len(inc), len(seq), len(type_), len(body)),
+        b"".join((master, inc, seq, type_, body)),
     )
 
 
@@ -365,12 +386,13 @@ class RedisJournal:
         events = list(batch)
         try:
             bodies = [_body(ev) for ev in events]
-            packed = b"".join([_packed(ev, body) for ev, body in zip(events, bodies, strict=True)])
+            packed = [_packed(ev, body) for ev, body in zip(events, bodies, strict=True)]
+            lens, data = b"".join([p[0] for p in packed]), b"".join([p[1] for p in packed])
         except Exception as exc:
             return defer.fail(UnstorableBatch(f"the journal cannot store this batch: {exc}"))
         if self._replaced is not None:
             return defer.fail(JournalError(self._replaced))
-        self._pending.append(_Pending(events, bodies, packed, d))
+        self._pending.append(_Pending(events, bodies, lens, data, d))
         if not self._writing:
             self._write_pending()
         return d
@@ -378,7 +400,8 @@ class RedisJournal:
     def _write_pending(self) -> None:
         group, self._pending = self._pending, []
         self._writing = True
-        args = [self.epoch, repr(self._clock.seconds()), b"".join([p.packed for p in group])]
+        args = [self.epoch, repr(self._clock.seconds()), b"".join([p.lens for p in group]),
+                b"".join([p.data for p in group])]
         d = deferToThreadPool(self._reactor, self._writer, self._store_sync, args, group)
         d.addBoth(self._written, group)
 

@@ -228,17 +228,18 @@ class OwnEventsTests(TestCase):
         self.assertEqual([e.obj for e in back], [e.obj for e in r.accepted])
         self.assertEqual(back[1].obj["data"]["note"], events[1]["data"]["note"])
 
-    def test_malformed_argument_writes_nothing(self) -> None:
-        """The script reads every header before it writes: a truncated argument is an error
-        and leaves the stream, the counter and the dedup state as they were."""
+    def test_malformed_arguments_write_nothing(self) -> None:
+        """The script reads and checks every length before it writes: arguments that do not
+        add up are an error and leave the stream, the counter and the dedup state as they were."""
         a = self.node()
         client = redis.Redis.from_url(self.server.url)
         self.addCleanup(client.close)
-        good = _packed({"master": "m1", "incarnation": "i1", "seq": 1, "type": "build.started"}, b'{"x":1}')
+        lens, data = _packed({"master": "m1", "incarnation": "i1", "seq": 1, "type": "build.started"}, b'{"x":1}')
         before = (client.xlen(a._stream), client.get(a._keys[1]), client.hgetall(a._keys[3]))
-        for data in (good + good[:-1], good + b"1 2 3\n", good + b"no header"):
+        for bad_lens, bad_data in ((lens * 2, data + data[:-1]), (lens + b"1 2 3", data + b"abcdef"),
+                                   (lens, data + b"more"), (lens + b"x", data)):
             with self.assertRaises(redis.ResponseError):
-                client.eval(rj._APPEND, len(a._keys), *a._keys, a.epoch, "0", data)
+                client.eval(rj._APPEND, len(a._keys), *a._keys, a.epoch, "0", bad_lens, bad_data)
         self.assertEqual((client.xlen(a._stream), client.get(a._keys[1]), client.hgetall(a._keys[3])), before)
 
     @defer.inlineCallbacks
