@@ -544,31 +544,30 @@ class SQLiteJournal(_JournalBase):
         return hi, lo
 
     def _store(self, events: list[Event]) -> defer.Deferred[None]:
-        rows = [
-            (e.offset, e.type, e.obj["master"], e.obj["incarnation"], e.obj["seq"], e.encoded)
-            for e in events
-        ]
+        # Every row is built here, ready to bind, so the writer thread holds the GIL only for
+        # what sqlite3 itself needs (binding, between steps that release it).
         now = self._clock.seconds()
-        return deferToThreadPool(self._reactor, self._writer, self._store_sync, rows, now)
+        rows = [(e.offset, now, e.type, e.encoded) for e in events]
+        last: dict[tuple[str, str], int] = {}
+        for e in events:
+            obj = e.obj
+            last[(obj["master"], obj["incarnation"])] = obj["seq"]
+        sources = [(m, i, seq, now) for (m, i), seq in last.items()]
+        return deferToThreadPool(self._reactor, self._writer, self._store_sync, rows, sources)
 
-    def _store_sync(self, rows: list[tuple[int, str, str, str, int, bytes]], now: float) -> None:
-        """Store ``rows`` in one transaction; ``now`` is when they were received."""
+    def _store_sync(self, rows: list[tuple[int, float, str, bytes]], sources: list[tuple[str, str, int, float]]) -> None:
+        """Store ``rows`` (offset, received, type, body) and the masters' last seqs
+        (``sources``: master, incarnation, seq, when) in one transaction."""
         if not rows:
             return
         db = self._writer_db
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.executemany(
-                "INSERT INTO events (offset, received, type, body) VALUES (?, ?, ?, ?)",
-                [(off, now, type_, body) for off, type_, _, _, _, body in rows],
-            )
-            last: dict[tuple[str, str], int] = {}
-            for _, _, master, incarnation, seq, _ in rows:
-                last[(master, incarnation)] = seq
+            db.executemany("INSERT INTO events (offset, received, type, body) VALUES (?, ?, ?, ?)", rows)
             db.executemany(
                 "INSERT INTO sources VALUES (?, ?, ?, ?) ON CONFLICT (master, incarnation) "
                 "DO UPDATE SET last_seq = excluded.last_seq, updated = excluded.updated",
-                [(m, i, s, now) for (m, i), s in last.items()],
+                sources,
             )
             db.execute(
                 "INSERT INTO meta VALUES ('head', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",

@@ -189,7 +189,7 @@ class SQLiteJournalTests(JournalContract, TestCase):
         yield self.journal.append(batch(1, 2))
         real = self.journal._store_sync
 
-        def broken(rows: Any, now: float) -> None:
+        def broken(rows: Any, sources: Any) -> None:
             raise sqlite3.OperationalError("disk I/O error")
 
         self.journal._store_sync = broken
@@ -221,7 +221,7 @@ class ReadBoundTests(TestCase):
             event = Event.build(3, f"{journal.epoch}:3", type="build.started", master="m1",
                                 incarnation="i1", seq=3, time=1.0, data={"buildid": 3, "number": 3, "builder": "b"})
             # Commit a row the way the writer thread does, without the reactor-side announcement.
-            journal._store_sync([(3, event.type, "m1", "i1", 3, event.encoded)], 0.0)
+            journal._store_sync([(3, 0.0, event.type, event.encoded)], [("m1", "i1", 3, 0.0)])
             return journal.read(0, 10)
 
         d.addCallback(appended)
