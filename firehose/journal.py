@@ -14,6 +14,7 @@ with its own connection for replays, so neither ever blocks the reactor.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import secrets
 import sqlite3
@@ -435,6 +436,15 @@ CREATE TABLE IF NOT EXISTS sources (
 """
 
 
+#: The most event rows one INSERT statement carries (4 values a row; SQLite allows 32,766).
+_ROWS_PER_INSERT = 256
+
+
+@functools.cache
+def _insert_events(rows: int) -> str:
+    return "INSERT INTO events (offset, received, type, body) VALUES " + ",".join(["(?, ?, ?, ?)"] * rows)
+
+
 @implementer(IJournal)
 class SQLiteJournal(_JournalBase):
     """The embedded journal: one SQLite file in WAL mode.
@@ -547,7 +557,9 @@ class SQLiteJournal(_JournalBase):
         # Every row is built here, ready to bind, so the writer thread holds the GIL only for
         # what sqlite3 itself needs (binding, between steps that release it).
         now = self._clock.seconds()
-        rows = [(e.offset, now, e.type, e.encoded) for e in events]
+        rows: list[Any] = []
+        for e in events:
+            rows += (e.offset, now, e.type, e.encoded)
         last: dict[tuple[str, str], int] = {}
         for e in events:
             obj = e.obj
@@ -555,15 +567,23 @@ class SQLiteJournal(_JournalBase):
         sources = [(m, i, seq, now) for (m, i), seq in last.items()]
         return deferToThreadPool(self._reactor, self._writer, self._store_sync, rows, sources)
 
-    def _store_sync(self, rows: list[tuple[int, float, str, bytes]], sources: list[tuple[str, str, int, float]]) -> None:
-        """Store ``rows`` (offset, received, type, body) and the masters' last seqs
-        (``sources``: master, incarnation, seq, when) in one transaction."""
+    def _store_sync(self, rows: list[Any], sources: list[tuple[str, str, int, float]]) -> None:
+        """Store the events, ``rows`` (offset, received, type, body, one after another, flat),
+        and the masters' last seqs (``sources``: master, incarnation, seq, when) in one
+        transaction.  The events go in multi-row INSERTs of up to :data:`_ROWS_PER_INSERT`
+        rows: one statement step (and GIL release) per chunk, not per event."""
         if not rows:
             return
         db = self._writer_db
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.executemany("INSERT INTO events (offset, received, type, body) VALUES (?, ?, ?, ?)", rows)
+            n, i = len(rows) // 4, 0
+            while i < n:
+                # Chunks of a power of two rows: a handful of distinct statements, all cached.
+                size = min(n - i, _ROWS_PER_INSERT)
+                size = 1 << (size.bit_length() - 1)
+                db.execute(_insert_events(size), rows[4 * i : 4 * (i + size)])
+                i += size
             db.executemany(
                 "INSERT INTO sources VALUES (?, ?, ?, ?) ON CONFLICT (master, incarnation) "
                 "DO UPDATE SET last_seq = excluded.last_seq, updated = excluded.updated",
@@ -571,7 +591,7 @@ class SQLiteJournal(_JournalBase):
             )
             db.execute(
                 "INSERT INTO meta VALUES ('head', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                (str(rows[-1][0]),),
+                (str(rows[-4]),),
             )
             db.execute("COMMIT")
         except BaseException as exc:

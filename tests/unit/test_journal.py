@@ -148,6 +148,23 @@ class SQLiteJournalTests(JournalContract, TestCase):
         return SQLiteJournal(self.path, retention=retention or Retention(max_age=None, max_events=None), clock=clock)
 
     @defer.inlineCallbacks
+    def test_group_of_any_size_is_stored_whole_and_in_order(self) -> Any:
+        """The events go in multi-row INSERTs of power-of-two chunks: groups of sizes around
+        and past the chunk bounds (one commit each, or several batches in one) store every
+        event once, in order, with its own bytes."""
+        sizes = [1, 2, 3, 255, 256, 257, 513, 777]
+        first, results = 1, []
+        for n in sizes:
+            results.append(self.journal.append(batch(first, first + n - 1)))
+            first += n
+        done = yield defer.gatherResults(results)
+        accepted = [e for r in done for e in r.accepted]
+        stored = yield self.journal.read(0, 10_000)
+        self.assertEqual([e.offset for e in stored], list(range(1, first)))
+        self.assertEqual([(e.offset, e.encoded) for e in stored], [(e.offset, e.encoded) for e in accepted])
+        self.assertEqual([e.obj["seq"] for e in stored], list(range(1, first)))
+
+    @defer.inlineCallbacks
     def test_reopen_keeps_events_epoch_and_dedup(self) -> Any:
         """After a restart the epoch, the events and the dedup state are all still there."""
         yield self.journal.append(batch(1, 4))
@@ -221,7 +238,7 @@ class ReadBoundTests(TestCase):
             event = Event.build(3, f"{journal.epoch}:3", type="build.started", master="m1",
                                 incarnation="i1", seq=3, time=1.0, data={"buildid": 3, "number": 3, "builder": "b"})
             # Commit a row the way the writer thread does, without the reactor-side announcement.
-            journal._store_sync([(3, 0.0, event.type, event.encoded)], [("m1", "i1", 3, 0.0)])
+            journal._store_sync([3, 0.0, event.type, event.encoded], [("m1", "i1", 3, 0.0)])
             return journal.read(0, 10)
 
         d.addCallback(appended)
