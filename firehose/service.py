@@ -36,6 +36,9 @@ from firehose.webhooks.dispatcher import make_dispatcher
 #: A checkpoint at least this large (bytes of state) is frozen out of the cyclic collector's
 #: walks once loaded (see firehose.checkpoint); a small one is not worth it.
 FREEZE_AFTER_LOADING = 1 << 20
+#: Newest events the hub keeps to answer replays near the head from memory: a poll that comes
+#: back a fan-out round late, a socket reconnecting (a round carries tens of events).
+RECENT_EVENTS = 1024
 
 
 class FirehoseServer:
@@ -81,7 +84,7 @@ class FirehoseServer:
         config = self.config
         journal = self.journal = self._open_journal()
         self.hub = Hub(journal, page_size=config.page_size, max_pending=config.max_pending,
-                       clock=self.reactor, pacing=Pacing())
+                       clock=self.reactor, pacing=Pacing(), recent=RECENT_EVENTS)
         try:
             feed = self.feed = yield self._state_feed(journal)
             self.state = feed.state

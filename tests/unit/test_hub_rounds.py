@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from firehose.event import Event
 from firehose.filters import Filter, parse_json
 from firehose.hub import Hub, Pacing
-from firehose.journal import MemoryJournal
+from firehose.journal import MemoryJournal, Retention
 from tests.unit.helpers import RecordingSink, make_event
 
 
@@ -171,3 +171,44 @@ class RoundTests(SynchronousTestCase):
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)
         hub.stop()
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class RecentEventsTests(SynchronousTestCase):
+    """Replays that start near the head are answered from the hub's recent events."""
+
+    def setUp(self) -> None:
+        self.journal = MemoryJournal(epoch="e1", retention=Retention(max_age=None, max_events=8))
+        self.hub = Hub(self.journal, recent=5)
+        self.reads: list[int] = []
+        real = self.journal.read
+
+        def counting(after: int, limit: int) -> object:
+            self.reads.append(after)
+            return real(after, limit)
+
+        self.journal.read = counting  # type: ignore[method-assign]
+        self.successResultOf(self.journal.append([make_event(s) for s in range(1, 11)]))
+
+    def replay(self, since: str) -> RecordingSink:
+        sink = RecordingSink()
+        self.hub.subscribe(sink, Filter.everything(), since, "t").start()
+        return sink
+
+    def test_a_replay_within_the_recent_events_reads_no_journal(self) -> None:
+        sink = self.replay("e1:7")
+        self.assertEqual((sink.offsets, self.reads), ([8, 9, 10], []))
+
+    def test_a_replay_older_than_the_recent_events_reads_the_journal(self) -> None:
+        sink = self.replay("e1:4")
+        self.assertEqual(sink.offsets, [5, 6, 7, 8, 9, 10])
+        self.assertEqual(self.reads[:1], [4])
+
+    def test_events_retention_removed_are_not_answered_from_memory(self) -> None:
+        """The journal keeps 8 events, the hub 5: after a trim to 3..10 the hub's memory holds
+        6..10, and a replay from 2 is the journal's (events 3..10, no gap), never more."""
+        self.successResultOf(self.journal.trim())
+        self.assertEqual(self.journal.earliest, 3)
+        sink = self.replay("e1:2")
+        self.assertEqual((sink.offsets, sink.gaps), (list(range(3, 11)), []))
+        self.assertEqual(self.reads[:1], [2])
+        self.assertEqual([e.offset for e in self.hub.read(5, 2)], [6, 7])  # type: ignore[union-attr]
