@@ -225,6 +225,20 @@ class DeadlineChannel(HTTPChannel):
     _abort: IDelayedCall | None = None
     #: A request has been received and is being answered (its response is not finished).
     _answering = False
+    _peer: Any = None
+    _host: Any = None
+
+    # twisted.web asks for both addresses for every request (``getHost`` is a ``getsockname``
+    # system call): a connection's addresses do not change, so ask the socket once.
+    def getPeer(self) -> Any:
+        if self._peer is None:
+            self._peer = super().getPeer()
+        return self._peer
+
+    def getHost(self) -> Any:
+        if self._host is None:
+            self._host = super().getHost()
+        return self._host
 
     def _request_timeout(self) -> float | None:
         return getattr(getattr(self, "site", None), "request_timeout", None)
@@ -281,6 +295,8 @@ class TokenBucket:
 
     :param clock: where time comes from (the reactor; a ``Clock`` in tests).
     """
+
+    __slots__ = ("rate", "burst", "clock", "tokens", "_at")
 
     def __init__(self, rate: float, burst: int, clock: IReactorTime) -> None:
         self.rate = rate

@@ -351,6 +351,26 @@ class DeadlineTests(SynchronousTestCase):
         self.clock.advance(30)
         self.assertFalse(t.disconnecting)
 
+    def test_a_connection_asks_its_socket_for_its_addresses_once(self) -> None:
+        """twisted.web wants both addresses for every request; a keep-alive connection asks the
+        socket once (``getHost`` is a system call) and every request still sees them."""
+        calls: list[str] = []
+
+        class Counting(StringTransport):
+            def getHost(self) -> Any:
+                calls.append("host")
+                return super().getHost()
+
+            def getPeer(self) -> Any:
+                calls.append("peer")
+                return super().getPeer()
+
+        protocol, t = self.conns.connect(_addr("127.0.0.1"), Counting(peerAddress=_addr("127.0.0.1")))
+        protocol.dataReceived(REQUEST + REQUEST + REQUEST)
+        self.assertEqual(t.value().count(b"hello"), 3)
+        self.assertLessEqual(calls.count("host"), 1)
+        self.assertLessEqual(calls.count("peer"), 2)  # the connection limits ask once too
+
     def test_sse_stream_outlives_deadline_and_idle_timeout(self) -> None:
         """An SSE request, once received, streams past the request deadline and the idle
         timeout: its heartbeats keep flowing and the connection stays open."""
