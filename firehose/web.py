@@ -8,12 +8,14 @@ caller would have to feed.
 
 from __future__ import annotations
 
+import functools
 import importlib.resources
 import io
 import os
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
+from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site, UnsupportedMethod
 from twisted.web.static import File
@@ -261,6 +263,20 @@ class FirehoseSite(Site):
         """No access log: ingest and polls would drown what matters."""
 
 
+def cache_content_type_parsing() -> None:
+    """Remember twisted.web's reading of a ``Content-Type`` (an ``email`` message built per
+    POST to learn whether the body is a form: a third of a single-event ingest request's CPU).
+
+    ``twisted.web.http._parseContentType`` is private, a pure function of the header's bytes
+    returning bytes; a bounded cache (64 values, least recently used out) keeps it pure and a
+    client's header values cannot grow it.  tests/unit/test_fast_path.py checks it against the
+    installed Twisted (capped in setup.py).  Idempotent.
+    """
+    parse = http._parseContentType
+    if not hasattr(parse, "cache_info"):
+        http._parseContentType = functools.lru_cache(maxsize=64)(parse)
+
+
 def build_site(
     *,
     hub: Hub,
@@ -292,6 +308,7 @@ def build_site(
         (answering only ``webhook_admin_token``; 403 without one), its counts in ``/metrics``.
     :param max_connections: open connections in all; ``None``: :func:`default_max_connections`.
     """
+    cache_content_type_parsing()
     ingest_stats = ingest_stats if ingest_stats is not None else IngestStats()
     static = static_resource(str(importlib.resources.files("firehose") / "static"))
     root = _Root(static)

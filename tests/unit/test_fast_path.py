@@ -167,3 +167,25 @@ def test_plain_tcp_refuses_a_connection_turned_tls(pair: Pair) -> None:
     ssl = pytest.importorskip("twisted.internet.ssl")
     pair.connection.startTLS(ssl.CertificateOptions())
     assert plain_tcp(pair.connection) is None
+
+
+def test_content_type_parsing_is_cached_and_means_the_same() -> None:
+    """``firehose.web.cache_content_type_parsing`` wraps twisted.web's private Content-Type
+    reader in a bounded cache: the function must still exist in the installed Twisted, answer
+    as it did for every spelling, and stay bounded however many values clients send."""
+    from twisted.web import http
+
+    from firehose.web import cache_content_type_parsing
+
+    original = getattr(http._parseContentType, "__wrapped__", http._parseContentType)
+    cache_content_type_parsing()
+    cache_content_type_parsing()  # idempotent: one cache, not a cache of a cache
+    parse = http._parseContentType
+    assert parse.__wrapped__ is original  # type: ignore[attr-defined]
+    for value in (b"application/json", b"application/json; charset=utf-8", b"Application/JSON",
+                  b"application/x-www-form-urlencoded", b"multipart/form-data; boundary=x", b"", b"nonsense",
+                  b"text/plain;;;=", "caf\u00e9/x".encode("latin-1")):
+        assert parse(value) == original(value), value
+    for i in range(1000):
+        parse(b"application/x-%d" % i)
+    assert parse.cache_info().currsize <= 64  # type: ignore[attr-defined]
