@@ -21,7 +21,7 @@ setup(
         "fastjsonschema>=2.19",
         "prometheus-client>=0.20",
         # The shared journal of several nodes (firehose serve --redis); imported only then.
-        "redis>=5",
+        "redis[hiredis]>=5",
     ],
     extras_require={
         # The plugin runs inside a Buildbot master; the server never needs Buildbot.
