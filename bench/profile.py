@@ -35,6 +35,8 @@ PROFILES: dict[str, dict[str, Any]] = {
     "sse_unbatched": {"gen": ["--mode", "sse", "--path", "/sse", "--conns", "1000", "--pub-rate", "100",
                               "--pub-single", "1", "--pub-conns", "10"]},
     "ingest_single": {"gen": ["--mode", "none", "--pub-flood", "1", "--pub-conns", "10"]},
+    # 100 single-event POSTs/s from 10 masters, no subscriber: what a commit a request costs
+    "ingest_trickle": {"gen": ["--mode", "none", "--pub-rate", "100", "--pub-single", "1", "--pub-conns", "10"]},
     "longpoll": {"gen": ["--mode", "poll", "--conns", "1000", "--pub-rate", "40", "--pub-interval", "0.2"]},
     "resume": {"gen": ["--mode", "ws", "--conns", "1", "--expect", "1000000",
                        "--sub", '{"cmd":"subscribe","since":"earliest"}'], "journal": 1_000_000},
