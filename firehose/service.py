@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import gc
 import time
 from typing import Any
 
@@ -180,7 +179,7 @@ class FirehoseServer:
             last = (found.offset, found.last) if found.last is not None else None
             if found.size >= FREEZE_AFTER_LOADING:
                 # The loaded state lives long: out of the cyclic collector's walks (checkpoint.py).
-                gc.freeze()
+                checkpoint.collect_and_freeze()
             feed = StateFeed(found.state, journal, self.reactor, start_after=found.offset,
                              source="checkpoint", last=last, freeze_gc=True)
         else:
