@@ -43,20 +43,7 @@
     return q.toString();
   }
 
-  async function api(path) {
-    const r = await fetch(path, { cache: "no-store" });
-    const body = await r.json();
-    if (!r.ok) {
-      const err = new Error(body.message || r.statusText);
-      // A server that has just started without its state checkpoint: /api says how far it is.
-      if (body.error === "warming_up") {
-        err.warming = body.progress || {};
-        err.retryAfter = Number(r.headers.get("Retry-After")) || 1;
-      }
-      throw err;
-    }
-    return body;
-  }
+  const api = FirehoseStream.api;                             // stream.js: /api answers, warming_up
 
   function offsetOf(cursor) { return cursor ? Number(cursor.split(":")[1]) : 0; }
 

@@ -34,20 +34,7 @@
     stream: null,
   };
 
-  async function api(path) {
-    const r = await fetch(path, { cache: "no-store" });
-    const body = await r.json();
-    if (!r.ok) {
-      const err = new Error(body.message || r.statusText);
-      // A server that has just started without its state checkpoint: /api says how far it is.
-      if (body.error === "warming_up") {
-        err.warming = body.progress || {};
-        err.retryAfter = Number(r.headers.get("Retry-After")) || 1;
-      }
-      throw err;
-    }
-    return body;
-  }
+  const api = FirehoseStream.api;                             // stream.js: /api answers, warming_up
 
   const secs = (v) => (v == null ? "" : `${Number(v).toFixed(1)} s`);
   const pct = (v) => (v == null ? "" : `${(100 * v).toFixed(1)} %`);

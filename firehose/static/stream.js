@@ -103,5 +103,21 @@
     return cursors.filter(Boolean).sort((a, b) => off(a) - off(b))[0];
   }
 
-  window.FirehoseStream = { follow, earliest, query };
+  // GET an /api answer; a refusal throws its message.  A server that has just started without
+  // its state checkpoint answers 503 warming_up: the error says how far it is and when to ask.
+  async function api(path) {
+    const r = await fetch(path, { cache: "no-store" });
+    const body = await r.json();
+    if (!r.ok) {
+      const err = new Error(body.message || r.statusText);
+      if (body.error === "warming_up") {
+        err.warming = body.progress || {};
+        err.retryAfter = Number(r.headers.get("Retry-After")) || 1;
+      }
+      throw err;
+    }
+    return body;
+  }
+
+  window.FirehoseStream = { follow, earliest, query, api };
 })();
