@@ -88,6 +88,7 @@ from twisted.logger import Logger
 
 import firehose.state
 from firehose.event import Event
+from firehose.files import write_atomically
 from firehose.journal import IJournal
 from firehose.state import BuildState
 
@@ -199,34 +200,7 @@ def write(path: str, state: BuildState, epoch: str, last: tuple[int, EventKey] |
         "sha256": hashlib.sha256(payload).hexdigest(),
     }
     head = MAGIC + json.dumps(header, separators=(",", ":")).encode() + b"\n"
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = f"{path}.tmp-{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(head)
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:
-        dir_fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        pass  # a platform that cannot open directories: the rename is still atomic
-    else:
-        try:
-            os.fsync(dir_fd)
-        except OSError:
-            pass
-        finally:
-            os.close(dir_fd)
-    return len(head) + len(payload)
+    return write_atomically(path, (head, payload), tmp=f"{path}.tmp-{os.getpid()}")
 
 
 #: Modules whose own classes a checkpoint may hold: those that define the state's data (not,

@@ -8,8 +8,6 @@ reactor.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from typing import Any, Protocol
 
 from twisted.internet import defer
@@ -17,6 +15,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from firehose.files import write_atomically
 from firehose.webhooks.errors import WebhookError
 
 
@@ -121,19 +120,5 @@ class JSONFileHookStore:
 
 def write_json_atomically(path: str, obj: Any) -> None:
     """Write ``obj`` to ``path`` so that a crash leaves either the old or the new file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".webhooks-", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_atomically(path, [json.dumps(obj, indent=1, sort_keys=True).encode()])
 
