@@ -67,11 +67,11 @@ def test_webhooks_table_is_read_into_the_config(tmp_path) -> None:
     """``[webhooks]`` settings and hooks reach ``config.webhooks``; a bad hook is a config error
     naming the file and the hook."""
     path = tmp_path / "f.toml"
-    path.write_text('[webhooks]\nmax_failures = 3\nallow_networks = ["10.0.0.0/8"]\n'
-                    '[webhooks.hooks.h1]\nurl = "https://example.com/x"\nsecret = "s"\n')
+    path.write_text('[webhooks]\nmax_failures = 3\nallow_networks = ["127.0.0.0/8"]\n'
+                    '[webhooks.hooks.h1]\nurl = "http://127.0.0.2:9/x"\nsecret = "s"\n')
     c = load_config_file(str(path), Config())
-    assert (c.webhooks.max_failures, c.webhooks.allow_networks) == (3, ["10.0.0.0/8"])
-    assert c.webhooks.hooks["h1"]["url"] == "https://example.com/x"
+    assert (c.webhooks.max_failures, c.webhooks.allow_networks) == (3, ["127.0.0.0/8"])
+    assert c.webhooks.hooks["h1"]["url"] == "http://127.0.0.2:9/x"
     path.write_text('[webhooks.hooks.h2]\nurl = "ftp://example.com/"\nsecret = "s"\n')
     with pytest.raises(ConfigError, match=r"webhooks\.hooks\.h2") as info:
         load_config_file(str(path), Config())
